@@ -1,0 +1,24 @@
+"""latentscope: explore the latent space of diffusion-model autoencoders on your own images."""
+
+__version__ = "0.1.0"
+
+from .errors import LatentscopeError  # noqa: E402
+
+__all__ = ["__version__", "LatentscopeError", "encode", "Codec", "Scope"]
+
+
+def __getattr__(name):
+    # Heavy modules (torch, diffusers) load on first use so `import latentscope` stays quick.
+    if name == "encode":
+        from .ingest import encode
+
+        return encode
+    if name == "Codec":
+        from .codec import Codec
+
+        return Codec
+    if name == "Scope":
+        from .scope import Scope
+
+        return Scope
+    raise AttributeError(f"module 'latentscope' has no attribute {name!r}")

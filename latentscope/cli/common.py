@@ -1,0 +1,67 @@
+"""Argument types and options shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..runtime import DEVICE_CHOICES, DTYPE_CHOICES
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value > 10**9:
+        raise argparse.ArgumentTypeError(f"{value} is absurdly large")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``64`` or ``48x64`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size like 64 or 48x64") from None
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2 or min(numbers) < 8 or max(numbers) > 16384:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes run from 8 to 16384 pixels")
+    return numbers[0], numbers[1]
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where models run (default: auto = GPU when present)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default: float32 on CPU, bfloat16 on GPU)")
+
+
+def add_model_option(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
+    parser.add_argument(
+        "--model",
+        required=required and default is None,
+        default=default,
+        help="model folder, pipeline folder (uses vae/), Hugging Face Hub id, or builtin:digits",
+    )

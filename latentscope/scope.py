@@ -1,0 +1,331 @@
+"""The scope: one directory holding everything latentscope knows about one image set.
+
+=====================  =====================================================
+``scope.json``         model reference, preprocessing, per-stage provenance
+``images.parquet``     one row per image file found (``id``, ``path``, ``sha256``,
+                       ``width``, ``height``, ``status``, ``error``, ...)
+``latents.npy``        N_ok x C x h x w float16, one row per ``ok`` image in id order
+``maps/<name>.parquet``     ``id``, ``x``, ``y`` per projection
+``scores/<name>.parquet``   ``id``, ``score``, ... per scoring run
+``thumbs/<id>.jpg``    previews for the dashboard
+``.partial/``          resumable work in progress (safe to delete)
+=====================  =====================================================
+
+Every file is written atomically. Replacing the manifest and the latents
+together is a two-phase commit (``*.next`` files plus a commit marker) so a crash
+between the two renames is rolled forward on the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import logging
+import os
+import platform
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import ScopeError
+from .fileio import TMP_SUFFIX, load_npy, read_json, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "scope.json"
+MANIFEST_FILE = "images.parquet"
+LATENTS_FILE = "latents.npy"
+COMMIT_MARKER = "commit.json"
+NEXT_SUFFIX = ".next"
+MANIFEST_COLUMNS = {
+    "id": "int64",
+    "path": "string",
+    "sha256": "string",
+    "width": "int32",
+    "height": "int32",
+    "status": "string",
+    "error": "string",
+    "label": "string",
+    "row": "int64",  # row in latents.npy, -1 when status is error
+    "bytes": "int64",
+    "mtime_ns": "int64",
+}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Versions of the libraries a stage depended on, for provenance."""
+    from importlib import metadata
+
+    versions = {"latentscope": __version__, "python": platform.python_version()}
+    for name in ("numpy", "torch", "diffusers", *names):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in MANIFEST_COLUMNS.items()})
+
+
+def normalise_manifest(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for col, dtype in MANIFEST_COLUMNS.items():
+        if col not in frame:
+            frame[col] = "" if dtype == "string" else (-1 if col == "row" else 0)
+        frame[col] = frame[col].astype(dtype)
+    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
+    return frame[list(MANIFEST_COLUMNS) + extra].sort_values("id").reset_index(drop=True)
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_PATTERN.match(name or ""):
+        raise ScopeError(f"{what} name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    return name
+
+
+class Scope:
+    """A scope directory. Open an existing one with ``Scope(path)``; make one with :meth:`create`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser().resolve()
+        if not (self.path / META_FILE).is_file():
+            raise ScopeError(f"{self.path}: not a scope (no {META_FILE}); create one with 'latentscope encode'")
+        self._manifest: pd.DataFrame | None = None
+        self._latents: np.ndarray | None = None
+        self.recover()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, meta: dict) -> "Scope":
+        path = Path(path).expanduser().resolve()
+        if (path / META_FILE).exists():
+            raise ScopeError(f"{path}: already a scope")
+        if path.exists() and not path.is_dir():
+            raise ScopeError(f"{path}: exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        base = {"format": FORMAT_VERSION, "created": now_iso(), "stages": {}, "maps": {}, "scores": {}}
+        write_json(path / META_FILE, {**base, **meta})
+        return cls(path)
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        return (Path(path).expanduser() / META_FILE).is_file()
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def meta(self) -> dict:
+        try:
+            meta = read_json(self.path / META_FILE)
+        except (OSError, ValueError) as exc:
+            raise ScopeError(f"{self.path / META_FILE}: unreadable ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise ScopeError(f"{self.path / META_FILE}: not a scope of format {FORMAT_VERSION}")
+        return meta
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise read-modify-write of ``scope.json`` between processes."""
+        with open(self.path / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def update_meta(self, **changes: Any) -> dict:
+        with self.locked():
+            meta = self.meta
+            meta.update(changes)
+            write_json(self.path / META_FILE, meta)
+        return meta
+
+    def record(self, section: str, name: str, params: dict, **extra: Any) -> None:
+        """Record a stage's parameters, library versions and time under ``meta[section][name]``."""
+        entry = {"params": params, "versions": library_versions(*extra.pop("libraries", ())), "time": now_iso(), **extra}
+        with self.locked():
+            meta = self.meta
+            meta.setdefault(section, {})[name] = entry
+            write_json(self.path / META_FILE, meta)
+
+    @property
+    def model(self) -> dict:
+        return self.meta.get("model", {})
+
+    @property
+    def images_root(self) -> Path:
+        root = self.meta.get("images_root")
+        if not root:
+            raise ScopeError(f"{self.path}: scope.json has no images_root")
+        root_path = Path(root)
+        return (self.path / root_path).resolve() if not root_path.is_absolute() else root_path
+
+    # ------------------------------------------------------------------ manifest and latents
+
+    def manifest(self) -> pd.DataFrame:
+        if self._manifest is None:
+            path = self.path / MANIFEST_FILE
+            if not path.exists():
+                self._manifest = empty_manifest()
+            else:
+                try:
+                    self._manifest = normalise_manifest(pd.read_parquet(path))
+                except Exception as exc:
+                    raise ScopeError(f"{path}: unreadable manifest ({exc}); run 'latentscope doctor'") from None
+        return self._manifest
+
+    def ok_manifest(self) -> pd.DataFrame:
+        """Rows with latents, in latent-row order."""
+        frame = self.manifest()
+        return frame[frame["status"] == "ok"].sort_values("row").reset_index(drop=True)
+
+    def latents(self) -> np.ndarray:
+        """All latents as a read-only float16 memory map (N_ok x C x h x w)."""
+        if self._latents is None:
+            path = self.path / LATENTS_FILE
+            n_ok = int((self.manifest()["status"] == "ok").sum())
+            if not path.exists():
+                if n_ok:
+                    raise ScopeError(f"{path}: missing but the manifest lists {n_ok} encoded images; run 'latentscope doctor'")
+                shape = self.model.get("latent_shape") or [0]
+                return np.zeros((0, *shape), np.float16)
+            try:
+                array = load_npy(path, mmap=True)
+            except Exception as exc:
+                raise ScopeError(f"{path}: unreadable latents ({exc}); run 'latentscope doctor'") from None
+            if array.shape[0] < n_ok:
+                raise ScopeError(
+                    f"{path}: has {array.shape[0]} rows but the manifest lists {n_ok} encoded images; run 'latentscope doctor'"
+                )
+            self._latents = array[:n_ok]
+        return self._latents
+
+    def rows_for_ids(self, ids) -> np.ndarray:
+        frame = self.manifest().set_index("id")
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        missing = [int(i) for i in ids if i not in frame.index]
+        if missing:
+            raise ScopeError(f"{self.path}: no image with id {missing[0]}")
+        rows = frame.loc[ids, "row"].to_numpy()
+        if (rows < 0).any():
+            bad = int(ids[np.argmax(rows < 0)])
+            raise ScopeError(f"{self.path}: image {bad} has no latent (it failed to load: {frame.loc[bad, 'error']})")
+        return rows
+
+    def latents_for_ids(self, ids) -> np.ndarray:
+        """float32 latents for the given image ids."""
+        return np.asarray(self.latents()[self.rows_for_ids(ids)], dtype=np.float32)
+
+    def image_path(self, image_id: int) -> Path:
+        """The file of a manifest id, refusing paths that escape the image folder."""
+        frame = self.manifest()
+        match = frame.loc[frame["id"] == int(image_id), "path"]
+        if match.empty:
+            raise ScopeError(f"{self.path}: no image with id {image_id}")
+        root = self.images_root
+        path = (root / match.iloc[0]).resolve()
+        if root != path and root not in path.parents:
+            raise ScopeError(f"{self.path}: manifest path {match.iloc[0]!r} escapes the image folder")
+        return path
+
+    def thumb_path(self, image_id: int) -> Path:
+        return self.path / "thumbs" / f"{int(image_id)}.jpg"
+
+    def invalidate(self) -> None:
+        """Forget cached manifest and latents (after another writer changed them)."""
+        self._manifest = None
+        self._latents = None
+
+    # ------------------------------------------------------------------ committing manifest + latents
+
+    def partial_dir(self, stage: str) -> Path:
+        return self.path / ".partial" / stage
+
+    def commit(self, manifest: pd.DataFrame, latents_next: Path) -> None:
+        """Replace manifest and latents together (``latents_next`` is a complete .npy file)."""
+        manifest = normalise_manifest(manifest)
+        manifest_next = self.path / (MANIFEST_FILE + NEXT_SUFFIX)
+        write_parquet(manifest_next, manifest)
+        marker = self.path / ".partial" / COMMIT_MARKER
+        write_json(marker, {"latents": latents_next.name, "manifest": manifest_next.name, "time": now_iso()})
+        self._roll_forward(marker)
+        self.invalidate()
+
+    def _roll_forward(self, marker: Path) -> None:
+        plan = read_json(marker)
+        for name, final in ((plan["latents"], LATENTS_FILE), (plan["manifest"], MANIFEST_FILE)):
+            source = self.path / name
+            if source.exists():
+                os.replace(source, self.path / final)
+        marker.unlink()
+
+    def recover(self) -> None:
+        """Finish a commit a crash interrupted, and drop half-written files that were never committed."""
+        marker = self.path / ".partial" / COMMIT_MARKER
+        if marker.exists():
+            try:
+                self._roll_forward(marker)
+                log.info("%s: finished an interrupted commit", self.path)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ScopeError(f"{marker}: unreadable commit marker ({exc}); run 'latentscope doctor'") from None
+        for leftover in self.path.glob("*" + NEXT_SUFFIX):
+            leftover.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ maps and scores
+
+    def _table_path(self, kind: str, name: str) -> Path:
+        return self.path / kind / f"{check_name(name, kind[:-1])}.parquet"
+
+    def write_table(self, kind: str, name: str, frame: pd.DataFrame, params: dict, **extra: Any) -> Path:
+        path = self._table_path(kind, name)
+        write_parquet(path, frame)
+        self.record(kind, name, params, **extra)
+        return path
+
+    def read_table(self, kind: str, name: str) -> pd.DataFrame:
+        path = self._table_path(kind, name)
+        if not path.exists():
+            known = ", ".join(self.table_names(kind)) or "none yet"
+            raise ScopeError(f"{path}: no {kind[:-1]} named {name!r} in this scope (have: {known})")
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:
+            raise ScopeError(f"{path}: unreadable ({exc}); run 'latentscope doctor'") from None
+
+    def table_names(self, kind: str) -> list[str]:
+        folder = self.path / kind
+        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def write_map(self, name: str, frame: pd.DataFrame, params: dict, **extra: Any) -> Path:
+        return self.write_table("maps", name, frame, params, **extra)
+
+    def read_map(self, name: str = "default") -> pd.DataFrame:
+        return self.read_table("maps", name)
+
+    def write_scores(self, name: str, frame: pd.DataFrame, params: dict, **extra: Any) -> Path:
+        return self.write_table("scores", name, frame, params, **extra)
+
+    def read_scores(self, name: str = "default") -> pd.DataFrame:
+        return self.read_table("scores", name)
+
+    def clear_partial(self, stage: str) -> None:
+        shutil.rmtree(self.partial_dir(stage), ignore_errors=True)
+
+    def leftover_temp_files(self) -> list[Path]:
+        return sorted(p for p in self.path.rglob("*" + TMP_SUFFIX) if p.is_file())
+
+    def __repr__(self) -> str:
+        return f"Scope({str(self.path)!r})"

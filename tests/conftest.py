@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny diffusers models saved to disk and small synthetic image folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_kl(sample_size: int = 32, latent_channels: int = 4, scaling_factor: float = 0.5, shift_factor: float | None = 0.1):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def tiny_taesd(sample_size: int = 32):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    vae.register_to_config(sample_size=sample_size)
+    return vae
+
+
+@pytest.fixture(scope="session")
+def kl_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-kl"
+    tiny_kl().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def taesd_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-taesd"
+    tiny_taesd().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pipeline_folder(tmp_path_factory) -> Path:
+    """A diffusers pipeline layout: model_index.json with the autoencoder in vae/."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-pipeline"
+    tiny_kl().save_pretrained(folder / "vae")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"]}))
+    return folder
+
+
+def shape_image(rng: np.random.Generator, size=(40, 48), mode="RGB") -> Image.Image:
+    """A random image with a few coloured shapes (structured, unlike noise)."""
+    w, h = size
+    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = int(rng.integers(0, w - 4)), int(rng.integers(0, h - 4))
+        x1, y1 = x0 + int(rng.integers(3, w // 2 + 4)), y0 + int(rng.integers(3, h // 2 + 4))
+        draw.ellipse((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def make_image_folder(folder: Path, n: int, seed: int = 0, classes=("a", "b"), fmt="png") -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        sub = folder / classes[i % len(classes)]
+        sub.mkdir(parents=True, exist_ok=True)
+        size = (int(rng.integers(24, 64)), int(rng.integers(24, 64)))
+        shape_image(rng, size).save(sub / f"img{i:04d}.{fmt}")
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", 24)

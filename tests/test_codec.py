@@ -1,0 +1,93 @@
+"""Loading diffusers autoencoders through the same code users use, and latent scaling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latentscope.codec import Codec, locate_component
+from latentscope.errors import ModelError
+
+
+@pytest.mark.parametrize("fixture", ["kl_folder", "taesd_folder", "pipeline_folder"])
+def test_loads_each_class_and_layout(request, fixture):
+    folder = request.getfixturevalue(fixture)
+    codec = Codec.from_pretrained(folder, device="cpu")
+    assert codec.class_name == ("AutoencoderTiny" if fixture == "taesd_folder" else "AutoencoderKL")
+    assert codec.image_size == (32, 32)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = codec.encode(images)
+    assert latents.shape == (2, *codec.latent_shape((32, 32)))
+    decoded = codec.decode(latents)
+    assert decoded.shape == images.shape
+    assert decoded.min() >= -1 and decoded.max() <= 1
+    assert len(codec.fingerprint) == 16
+
+
+def test_pipeline_layout_resolves_to_vae_subfolder(pipeline_folder):
+    location = locate_component(pipeline_folder)
+    assert location.subfolder == "vae" and location.is_local
+
+
+def test_scaling_and_shift_applied_in_one_place(kl_folder):
+    codec = Codec.from_pretrained(kl_folder, device="cpu")
+    assert (codec.scaling_factor, codec.shift_factor) == (0.5, 0.1)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    raw = codec.vae.encode(images).latent_dist.mean
+    scaled = codec.encode(images)
+    torch.testing.assert_close(scaled, (raw - 0.1) * 0.5)
+    torch.testing.assert_close(codec.decode(scaled), codec.vae.decode(raw).sample.clamp(-1, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_sample_draws_differ_from_mean_and_are_seeded(kl_folder):
+    codec = Codec.from_pretrained(kl_folder, device="cpu")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean = codec.encode(images)
+    a = codec.encode(images, sample=True, generator=torch.Generator().manual_seed(1))
+    b = codec.encode(images, sample=True, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, mean)
+
+
+def test_numpy_helpers_round_trip_shapes(taesd_folder):
+    codec = Codec.from_pretrained(taesd_folder, device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    latents = codec.encode_pixels(pixels, batch_size=2)
+    assert latents.shape == (5, *codec.latent_shape((32, 32)))
+    assert codec.decode_to_pixels(latents, batch_size=2).shape == (5, 32, 32, 3)
+
+
+def test_model_errors_name_the_problem(tmp_path, kl_folder):
+    with pytest.raises(ModelError, match="no such folder"):
+        Codec.from_pretrained(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="neither config.json"):
+        Codec.from_pretrained(empty)
+    not_vae = tmp_path / "unet"
+    not_vae.mkdir()
+    (not_vae / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ModelError, match="not an autoencoder"):
+        Codec.from_pretrained(not_vae)
+    bogus = tmp_path / "bogus"
+    bogus.mkdir()
+    (bogus / "config.json").write_text(json.dumps({"_class_name": "os.system"}))
+    with pytest.raises(ModelError, match="not a diffusers model"):
+        Codec.from_pretrained(bogus)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((kl_folder / "config.json").read_text())
+    (pickled / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="safetensors"):
+        Codec.from_pretrained(pickled)
+    with pytest.raises(ModelError, match="built-in"):
+        Codec.from_pretrained("builtin:nope")
+
+
+def test_unknown_hub_id_fails_with_a_one_line_reason(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="Hugging Face Hub"):
+        Codec.from_pretrained("nobody/no-such-model-latentscope")
