@@ -1,0 +1,317 @@
+"""Callbacks: each body is a method of :class:`Callbacks` (testable without a browser); ``register`` wires them.
+
+Large figure updates use ``Patch`` so the 100,000-point traces are sent once;
+hover is a clientside callback (no server round trip: the thumbnail is a plain
+image request).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from dash import ALL, Input, Output, Patch, State, ctx, html, no_update
+from dash.exceptions import PreventUpdate
+
+from .data import ExplorerData
+from .figures import OVERLAYS, map_figure, overlay_index
+from .jobs import JobManager
+from .layout import anomaly_rows
+
+MAX_WAYPOINTS = 8
+GALLERY_LIMIT = 60
+HIGHLIGHT_LIMIT = 20_000
+
+
+def _clicked_id(click_data) -> int | None:
+    try:
+        return int(click_data["points"][0]["customdata"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _selected_ids(selected_data) -> list[int]:
+    if not selected_data:
+        return []
+    ids = []
+    for point in selected_data.get("points", []):
+        value = point.get("customdata")
+        if isinstance(value, (int, float)) and point.get("curveNumber") is not None:
+            ids.append(int(value))
+    return list(dict.fromkeys(ids))
+
+
+def thumb_url(image_id: int) -> str:
+    return f"thumb/{int(image_id)}.jpg"  # relative, so the app also works under a path prefix
+
+
+class Callbacks:
+    """The server-side behaviour of the page."""
+
+    def __init__(self, data: ExplorerData, jobs: JobManager):
+        self.data = data
+        self.jobs = jobs
+
+    # ------------------------------------------------------------------ map
+
+    def redraw(self, colour, size, opacity, focus_id, walk_ids, threshold, walk_result):
+        """A full redraw when the colouring changes; overlays are carried over."""
+        figure = map_figure(self.data, colour or "none", size or 5, opacity or 0.8)
+        n_base = len(figure.data) - len(OVERLAYS)
+        self._fill_overlay(figure.data[overlay_index(n_base, "focus")], [focus_id] if focus_id is not None else [])
+        self._fill_overlay(figure.data[overlay_index(n_base, "waypoints")], walk_ids or [], numbered=True)
+        self._fill_overlay(figure.data[overlay_index(n_base, "highlight")], self.ids_above(threshold))
+        path = (walk_result or {}).get("path") or []
+        if path:
+            trace = figure.data[overlay_index(n_base, "path")]
+            trace.x, trace.y = [p[0] for p in path], [p[1] for p in path]
+        return figure, n_base
+
+    def _fill_overlay(self, trace, ids, numbered: bool = False):
+        xy = self._xy(ids)
+        trace.x, trace.y = xy[:, 0], xy[:, 1]
+        if numbered:
+            trace.text = [str(i + 1) for i in range(len(xy))]
+
+    def _xy(self, ids) -> np.ndarray:
+        rows = self.data.ids_to_rows(ids or [])
+        return self.data.points[["x", "y"]].to_numpy(np.float32)[rows] if len(rows) else np.zeros((0, 2), np.float32)
+
+    def restyle(self, size, opacity, n_base):
+        """Point size and opacity change without resending the points."""
+        patch = Patch()
+        for i in range(int(n_base or 1)):
+            patch["data"][i]["marker"]["size"] = size
+            patch["data"][i]["marker"]["opacity"] = opacity
+        return patch
+
+    def overlay_patch(self, n_base, name: str, ids, numbered: bool = False) -> Patch:
+        xy = self._xy(ids)
+        patch = Patch()
+        index = overlay_index(int(n_base), name)
+        patch["data"][index]["x"] = xy[:, 0].tolist()
+        patch["data"][index]["y"] = xy[:, 1].tolist()
+        if numbered:
+            patch["data"][index]["text"] = [str(i + 1) for i in range(len(xy))]
+        return patch
+
+    # ------------------------------------------------------------------ clicks and inspect
+
+    def click(self, click_data, tab, walk_ids):
+        image_id = _clicked_id(click_data)
+        if image_id is None or not self.data.knows(image_id):
+            raise PreventUpdate
+        walk_ids = list(walk_ids or [])
+        if tab == "walk" and len(walk_ids) < MAX_WAYPOINTS and (not walk_ids or walk_ids[-1] != image_id):
+            walk_ids.append(image_id)
+            return image_id, walk_ids
+        return image_id, no_update
+
+    def neighbour_click(self, clicks):
+        if not ctx.triggered_id or not any(clicks or []):
+            raise PreventUpdate
+        return int(ctx.triggered_id["id"])
+
+    def inspect_panel(self, image_id):
+        if image_id is None or not self.data.knows(image_id):
+            raise PreventUpdate
+        point = self.data.point(image_id)
+        facts = [("id", point["id"]), ("file", point["path"]), ("size", f"{point['width']} x {point['height']}")]
+        if point.get("label"):
+            facts.insert(1, ("label", point["label"]))
+        for column in (c for c in self.data.points.columns if c.startswith("score:")):
+            value = point.get(column)
+            if value is not None and np.isfinite(value):
+                rank = int((self.data.points[column] > value).sum()) + 1
+                facts.append((column.replace("score:", "score "), f"{value:.3f}  (rank {rank:,} of {len(self.data.points):,})"))
+        images = [
+            _figure_block("original", f"image/{image_id}.png"),
+            _figure_block("decoded", f"recon/{image_id}.png"),
+        ]
+        if self.data.default_score_column:
+            images.append(_figure_block("anomaly heatmap", f"heatmap/{image_id}.png"))
+        neighbours = self.data.neighbours(image_id, k=8)
+        return [
+            html.Div(images, className="inspect-images"),
+            html.Table([html.Tr([html.Th(k), html.Td(str(v))]) for k, v in facts], className="facts-table"),
+            html.H4("Nearest neighbours"),
+            html.Div(
+                [thumb_button(n, "neighbours") for n in neighbours],
+                className="gallery",
+            ),
+        ]
+
+    # ------------------------------------------------------------------ walk points
+
+    def walk_chips(self, walk_ids):
+        if not walk_ids:
+            return html.Span("No points yet.", className="hint")
+        chips = []
+        for index, image_id in enumerate(walk_ids):
+            chips.append(html.Div([html.Span(str(index + 1), className="chip-number"), html.Img(src=thumb_url(image_id)),
+                                   html.Span(f"id {image_id}")], className="chip"))
+            if index + 1 < len(walk_ids):
+                chips.append(html.Span("→", className="chip-arrow"))
+        return chips
+
+    def clear_walk(self, n_clicks):
+        if not n_clicks:
+            raise PreventUpdate
+        return [], None
+
+    # ------------------------------------------------------------------ selection
+
+    def selection(self, selected_data):
+        ids = [i for i in _selected_ids(selected_data) if self.data.knows(i)]
+        return ids
+
+    def gallery(self, ids):
+        ids = ids or []
+        count = f"{len(ids):,} selected" if ids else "Nothing selected."
+        shown = ids[:GALLERY_LIMIT]
+        tiles = [thumb_button(i, "gallery") for i in shown]
+        if len(ids) > GALLERY_LIMIT:
+            tiles.append(html.Div(f"+{len(ids) - GALLERY_LIMIT:,} more", className="more"))
+        return count, tiles
+
+    def set_group(self, clicks_a, clicks_b, selection, group_a, group_b):
+        if ctx.triggered_id == "set-group-a" and clicks_a:
+            group_a = list(selection or [])
+        elif ctx.triggered_id == "set-group-b" and clicks_b:
+            group_b = list(selection or [])
+        else:
+            raise PreventUpdate
+        summary = f"group A: {len(group_a or []):,} images · group B: {len(group_b or []):,} images"
+        return group_a, group_b, summary, summary
+
+    # ------------------------------------------------------------------ anomalies
+
+    def ids_above(self, threshold) -> list[int]:
+        """Ids scoring at or above the threshold, highest first, at most HIGHLIGHT_LIMIT."""
+        score = self.data.default_score_column
+        if score is None or threshold is None:
+            return []
+        values = self.data.points[score].to_numpy()
+        above = np.flatnonzero(values >= threshold)
+        return self.data.points["id"].to_numpy()[above[np.argsort(-values[above])][:HIGHLIGHT_LIMIT]].tolist()
+
+    def highlight_above(self, threshold, n_base):
+        score = self.data.default_score_column
+        if score is None or threshold is None:
+            raise PreventUpdate
+        count = int((self.data.points[score].to_numpy() >= threshold).sum())
+        shown = f"{count:,} images score at or above {threshold:.3f}"
+        if count > HIGHLIGHT_LIMIT:
+            shown += f" (the top {HIGHLIGHT_LIMIT:,} are ringed)"
+        return self.overlay_patch(n_base, "highlight", self.ids_above(threshold)), shown
+
+    def table_focus(self, active_cell, rows):
+        if not active_cell or rows is None:
+            raise PreventUpdate
+        row_id = active_cell.get("row_id")
+        if row_id is not None:
+            return int(row_id)
+        index = active_cell.get("row")
+        if index is None or index >= len(rows):
+            raise PreventUpdate
+        return int(rows[index]["id"])
+
+    def table_rows(self, score):
+        return anomaly_rows(self.data, score)
+
+
+def thumb_button(image_id: int, where: str) -> html.Button:
+    """A clickable thumbnail that inspects its image; ``where`` keeps ids unique across galleries."""
+    return html.Button(html.Img(src=thumb_url(image_id), title=f"id {image_id}"),
+                       id={"type": "thumb", "where": where, "id": int(image_id)}, className="thumb-button", n_clicks=0)
+
+
+def _figure_block(caption: str, src: str) -> html.Figure:
+    return html.Figure([html.Img(src=src, className="pixelated"), html.Figcaption(caption)], className="inspect-figure")
+
+
+HOVER_JS = """
+function(hover) {
+    const keep = window.dash_clientside.no_update;
+    if (!hover || !hover.points || !hover.points.length || typeof hover.points[0].customdata !== 'number') {
+        return [false, keep, keep];
+    }
+    const p = hover.points[0];
+    return [true, p.bbox, 'thumb/' + p.customdata + '.jpg'];
+}
+"""
+
+HOVER_INFO_JS = """
+async function(hover) {
+    if (!hover || !hover.points || !hover.points.length || typeof hover.points[0].customdata !== 'number') {
+        return window.dash_clientside.no_update;
+    }
+    const id = hover.points[0].customdata;
+    try {
+        const response = await fetch('info/' + id);
+        if (!response.ok) { return 'id ' + id; }
+        const info = await response.json();
+        return info.text;
+    } catch (error) {
+        return 'id ' + id;
+    }
+}
+"""
+
+
+def register(app, callbacks: Callbacks) -> None:
+    cb = callbacks
+    app.clientside_callback(
+        HOVER_JS,
+        Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),
+    )
+    app.clientside_callback(HOVER_INFO_JS, Output("hover-text", "children"), Input("map", "hoverData"))
+    app.callback(
+        Output("map", "figure"), Output("n-base", "data"),
+        Input("colour-by", "value"),
+        State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
+        State("anomaly-threshold", "value"), State("walk-result", "data"),
+        prevent_initial_call=True,
+    )(cb.redraw)
+    app.callback(
+        Output("map", "figure", allow_duplicate=True),
+        Input("point-size", "value"), Input("point-opacity", "value"), State("n-base", "data"),
+        prevent_initial_call=True,
+    )(cb.restyle)
+    app.callback(
+        Output("focus-id", "data"), Output("walk-ids", "data"),
+        Input("map", "clickData"), State("panel-tabs", "value"), State("walk-ids", "data"),
+        prevent_initial_call=True,
+    )(cb.click)
+    app.callback(
+        Output("focus-id", "data", allow_duplicate=True),
+        Input({"type": "thumb", "where": ALL, "id": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )(cb.neighbour_click)
+    app.callback(Output("inspect-panel", "children"), Output("panel-tabs", "value"),
+                 Input("focus-id", "data"), State("panel-tabs", "value"), prevent_initial_call=True)(
+        lambda image_id, tab: (cb.inspect_panel(image_id), tab if tab in ("walk", "anomalies", "select") else "inspect")
+    )
+    app.callback(Output("map", "figure", allow_duplicate=True), Input("focus-id", "data"), State("n-base", "data"),
+                 prevent_initial_call=True)(
+        lambda image_id, n_base: cb.overlay_patch(n_base, "focus", [image_id] if image_id is not None else [])
+    )
+    app.callback(Output("walk-points", "children"), Output("map", "figure", allow_duplicate=True),
+                 Input("walk-ids", "data"), State("n-base", "data"), prevent_initial_call=True)(
+        lambda ids, n_base: (cb.walk_chips(ids), cb.overlay_patch(n_base, "waypoints", ids, numbered=True))
+    )
+    app.callback(Output("walk-ids", "data", allow_duplicate=True), Output("walk-result", "data", allow_duplicate=True),
+                 Input("walk-clear", "n_clicks"), prevent_initial_call=True)(cb.clear_walk)
+    app.callback(Output("selection-ids", "data"), Input("map", "selectedData"), prevent_initial_call=True)(cb.selection)
+    app.callback(Output("selection-count", "children"), Output("selection-gallery", "children"),
+                 Input("selection-ids", "data"))(cb.gallery)
+    app.callback(
+        Output("group-a", "data"), Output("group-b", "data"), Output("group-summary", "children"),
+        Output("direction-summary", "children"),
+        Input("set-group-a", "n_clicks"), Input("set-group-b", "n_clicks"),
+        State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
+        prevent_initial_call=True,
+    )(cb.set_group)
+    app.callback(Output("map", "figure", allow_duplicate=True), Output("anomaly-count", "children"),
+                 Input("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.highlight_above)
+    app.callback(Output("focus-id", "data", allow_duplicate=True),
+                 Input("anomaly-table", "active_cell"), State("anomaly-table", "derived_viewport_data"),
+                 prevent_initial_call=True)(cb.table_focus)
