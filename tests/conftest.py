@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,16 @@ def explorer_scope(tmp_path_factory, kl_folder) -> Path:
     encode(images, kl_folder, root / "scope", progress=False, device="cpu")
     write_test_map_and_scores(root / "scope")
     return root / "scope"
+
+
+def pytest_setup_options():
+    """Headless Debian Chromium for dash.testing's browser fixtures (no network, no sandbox as root)."""
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    options.binary_location = os.environ.get("LATENTSCOPE_CHROMIUM", "/usr/bin/chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--window-size=1500,950", "--hide-scrollbars"):
+        options.add_argument(flag)
+    return options  # pluggy gathers hook results into the list dash.testing expects

@@ -75,14 +75,14 @@ def test_restyle_patches_only_marker_style(cb):
 
 def test_click_inspects_and_in_walk_tab_adds_waypoints(cb):
     first, second = cb.data.points["id"].iloc[:2].tolist()
-    click = {"points": [{"customdata": first, "curveNumber": 0}]}
+    click = {"id": first, "at": 1}
     assert cb.click(click, "inspect", []) == (first, cb_no_update())
     focus, walk = cb.click(click, "walk", [])
     assert (focus, walk) == (first, [first])
-    _, walk = cb.click({"points": [{"customdata": second}]}, "walk", walk)
+    _, walk = cb.click({"id": second, "at": 2}, "walk", walk)
     assert walk == [first, second]
     with pytest.raises(PreventUpdate):
-        cb.click({"points": [{"customdata": 10**6}]}, "walk", walk)
+        cb.click({"id": 10**6, "at": 3}, "walk", walk)
     with pytest.raises(PreventUpdate):
         cb.click(None, "walk", walk)
 
@@ -113,8 +113,8 @@ def test_neighbour_and_gallery_clicks_focus_that_image(cb):
 
 def test_selection_gallery_and_groups(cb):
     ids = cb.data.points["id"].tolist()
-    selected = {"points": [{"customdata": i, "curveNumber": 0} for i in ids[:5]] + [{"customdata": 10**7, "curveNumber": 0}]}
-    selection = cb.selection(selected)
+    selection, tab = cb.selection(ids[:5] + [ids[0], 10**7])
+    assert tab == "select"
     assert selection == ids[:5]
     count, tiles = cb.gallery(selection)
     assert count == "5 selected" and len(tiles) == 5

@@ -21,22 +21,12 @@ GALLERY_LIMIT = 60
 HIGHLIGHT_LIMIT = 20_000
 
 
-def _clicked_id(click_data) -> int | None:
+def _clicked_id(clicked) -> int | None:
+    """The id from the clientside click translation ``{"id": ..., "at": ...}``."""
     try:
-        return int(click_data["points"][0]["customdata"])
-    except (TypeError, KeyError, IndexError, ValueError):
+        return int(clicked["id"])
+    except (TypeError, KeyError, ValueError):
         return None
-
-
-def _selected_ids(selected_data) -> list[int]:
-    if not selected_data:
-        return []
-    ids = []
-    for point in selected_data.get("points", []):
-        value = point.get("customdata")
-        if isinstance(value, (int, float)) and point.get("curveNumber") is not None:
-            ids.append(int(value))
-    return list(dict.fromkeys(ids))
 
 
 def thumb_url(image_id: int) -> str:
@@ -46,9 +36,10 @@ def thumb_url(image_id: int) -> str:
 class Callbacks:
     """The server-side behaviour of the page."""
 
-    def __init__(self, data: ExplorerData, jobs: JobManager):
+    def __init__(self, data: ExplorerData, jobs: JobManager, heatmaps=None):
         self.data = data
         self.jobs = jobs
+        self.heatmaps = heatmaps  # image id -> PNG bytes of the anomaly heatmap overlay, when scoring is available
 
     # ------------------------------------------------------------------ map
 
@@ -68,8 +59,12 @@ class Callbacks:
     def _fill_overlay(self, trace, ids, numbered: bool = False):
         xy = self._xy(ids)
         trace.x, trace.y = xy[:, 0], xy[:, 1]
+        trace.customdata = self._known(ids)
         if numbered:
             trace.text = [str(i + 1) for i in range(len(xy))]
+
+    def _known(self, ids) -> list[int]:
+        return [int(i) for i in ids or [] if self.data.knows(i)]
 
     def _xy(self, ids) -> np.ndarray:
         rows = self.data.ids_to_rows(ids or [])
@@ -89,6 +84,7 @@ class Callbacks:
         index = overlay_index(int(n_base), name)
         patch["data"][index]["x"] = xy[:, 0].tolist()
         patch["data"][index]["y"] = xy[:, 1].tolist()
+        patch["data"][index]["customdata"] = self._known(ids)
         if numbered:
             patch["data"][index]["text"] = [str(i + 1) for i in range(len(xy))]
         return patch
@@ -126,7 +122,7 @@ class Callbacks:
             _figure_block("original", f"image/{image_id}.png"),
             _figure_block("decoded", f"recon/{image_id}.png"),
         ]
-        if self.data.default_score_column:
+        if self.heatmaps is not None and self.data.default_score_column:
             images.append(_figure_block("anomaly heatmap", f"heatmap/{image_id}.png"))
         neighbours = self.data.neighbours(image_id, k=8)
         return [
@@ -159,9 +155,10 @@ class Callbacks:
 
     # ------------------------------------------------------------------ selection
 
-    def selection(self, selected_data):
-        ids = [i for i in _selected_ids(selected_data) if self.data.knows(i)]
-        return ids
+    def selection(self, selected_ids):
+        """Keep known ids; show the Select tab when something was selected."""
+        ids = [int(i) for i in dict.fromkeys(selected_ids or []) if self.data.knows(i)]
+        return ids, ("select" if ids else no_update)
 
     def gallery(self, ids):
         ids = ids or []
@@ -228,31 +225,47 @@ def _figure_block(caption: str, src: str) -> html.Figure:
     return html.Figure([html.Img(src=src, className="pixelated"), html.Figcaption(caption)], className="inspect-figure")
 
 
+# Dash's Graph drops customdata sent as a binary array from event data, so the id of an event's point is read
+# from plotly's decoded traces in the browser: latentscopePointId in assets/latentscope.js.
 HOVER_JS = """
 function(hover) {
     const keep = window.dash_clientside.no_update;
-    if (!hover || !hover.points || !hover.points.length || typeof hover.points[0].customdata !== 'number') {
-        return [false, keep, keep];
-    }
-    const p = hover.points[0];
-    return [true, p.bbox, 'thumb/' + p.customdata + '.jpg'];
+    const id = hover && hover.points && hover.points.length ? window.latentscopePointId(hover.points[0]) : null;
+    if (id === null) { return [false, keep, keep]; }
+    return [true, hover.points[0].bbox, 'thumb/' + id + '.jpg'];
 }
 """
 
 HOVER_INFO_JS = """
 async function(hover) {
-    if (!hover || !hover.points || !hover.points.length || typeof hover.points[0].customdata !== 'number') {
-        return window.dash_clientside.no_update;
-    }
-    const id = hover.points[0].customdata;
+    const id = hover && hover.points && hover.points.length ? window.latentscopePointId(hover.points[0]) : null;
+    if (id === null) { return window.dash_clientside.no_update; }
     try {
         const response = await fetch('info/' + id);
         if (!response.ok) { return 'id ' + id; }
-        const info = await response.json();
-        return info.text;
+        return (await response.json()).text;
     } catch (error) {
         return 'id ' + id;
     }
+}
+"""
+
+CLICK_JS = """
+function(click) {
+    const id = click && click.points && click.points.length ? window.latentscopePointId(click.points[0]) : null;
+    return id === null ? window.dash_clientside.no_update : {id: id, at: Date.now()};
+}
+"""
+
+SELECT_JS = """
+function(selected) {
+    if (!selected || !selected.points) { return []; }
+    const seen = new Set();
+    for (const point of selected.points) {
+        const id = window.latentscopePointId(point);
+        if (id !== null) { seen.add(id); }
+    }
+    return Array.from(seen);
 }
 """
 
@@ -264,6 +277,8 @@ def register(app, callbacks: Callbacks) -> None:
         Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),
     )
     app.clientside_callback(HOVER_INFO_JS, Output("hover-text", "children"), Input("map", "hoverData"))
+    app.clientside_callback(CLICK_JS, Output("clicked-point", "data"), Input("map", "clickData"), prevent_initial_call=True)
+    app.clientside_callback(SELECT_JS, Output("selected-points", "data"), Input("map", "selectedData"), prevent_initial_call=True)
     app.callback(
         Output("map", "figure"), Output("n-base", "data"),
         Input("colour-by", "value"),
@@ -278,7 +293,7 @@ def register(app, callbacks: Callbacks) -> None:
     )(cb.restyle)
     app.callback(
         Output("focus-id", "data"), Output("walk-ids", "data"),
-        Input("map", "clickData"), State("panel-tabs", "value"), State("walk-ids", "data"),
+        Input("clicked-point", "data"), State("panel-tabs", "value"), State("walk-ids", "data"),
         prevent_initial_call=True,
     )(cb.click)
     app.callback(
@@ -300,7 +315,8 @@ def register(app, callbacks: Callbacks) -> None:
     )
     app.callback(Output("walk-ids", "data", allow_duplicate=True), Output("walk-result", "data", allow_duplicate=True),
                  Input("walk-clear", "n_clicks"), prevent_initial_call=True)(cb.clear_walk)
-    app.callback(Output("selection-ids", "data"), Input("map", "selectedData"), prevent_initial_call=True)(cb.selection)
+    app.callback(Output("selection-ids", "data"), Output("panel-tabs", "value", allow_duplicate=True),
+                 Input("selected-points", "data"), prevent_initial_call=True)(cb.selection)
     app.callback(Output("selection-count", "children"), Output("selection-gallery", "children"),
                  Input("selection-ids", "data"))(cb.gallery)
     app.callback(

@@ -70,6 +70,7 @@ def _natural_key(value: str):
 
 
 def overlay_traces() -> list[go.Scattergl]:
+    """Empty traces drawn over the points; filled by Patch. Their points carry ids like the base traces."""
     empty = np.zeros(0, np.float32)
     styles = {
         "highlight": dict(mode="markers", marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#E4572E"))),

@@ -235,6 +235,8 @@ def build_layout(data: ExplorerData) -> html.Div:
             walk_output(),
             dcc.Store(id="n-base", data=n_base),
             dcc.Store(id="focus-id"),
+            dcc.Store(id="clicked-point"),
+            dcc.Store(id="selected-points"),
             dcc.Store(id="walk-ids", data=[]),
             dcc.Store(id="walk-job"),
             dcc.Store(id="walk-result"),
