@@ -204,3 +204,24 @@ def test_job_manager_runs_reports_and_prunes():
     failed = jobs.run_now("test", fail)
     assert failed.state == "error" and "bad input" in failed.error
     assert jobs.get("nope") is None and jobs.get(job.id) is job
+
+
+def test_wsgi_entry_point_needs_scope_and_token(explorer_scope, monkeypatch):
+    import importlib
+    import sys
+
+    for name in ("LATENTSCOPE_TOKEN", "LATENTSCOPE_NO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LATENTSCOPE_SCOPE", str(explorer_scope))
+    sys.modules.pop("apps.wsgi", None)
+    with pytest.raises(SystemExit, match="LATENTSCOPE_TOKEN"):
+        importlib.import_module("apps.wsgi")
+    monkeypatch.setenv("LATENTSCOPE_TOKEN", "t0ken")
+    monkeypatch.setenv("LATENTSCOPE_PREFIX", "/explore/")
+    monkeypatch.setenv("LATENTSCOPE_DEVICE", "cpu")
+    sys.modules.pop("apps.wsgi", None)
+    wsgi = importlib.import_module("apps.wsgi")
+    client = wsgi.server.test_client()
+    assert client.get("/explore/").status_code == 401
+    assert client.get("/explore/?token=t0ken").status_code == 200
+    assert client.get("/explore/thumb/0.jpg").status_code == 200
