@@ -60,6 +60,7 @@ def variants(has_unet: bool, ddim_steps: int, noise_level: float) -> list[tuple[
         rows += [
             ("slerp + polish 0.2", {"method": "slerp", "polish": 0.2}),
             ("noise-slerp", {"method": "noise-slerp", "ddim_steps": ddim_steps, "noise_level": noise_level}),
+            ("noise-slerp + even", {"method": "noise-slerp", "ddim_steps": ddim_steps, "noise_level": noise_level, "even": True}),
         ]
     return rows
 
@@ -89,16 +90,23 @@ def random_pairs(ids: np.ndarray, count: int, seed: int) -> list[tuple[int, int]
 
 def smoothness(walker: Walker, pairs, options: dict, steps: int, real: np.ndarray, spacing: float) -> dict:
     rows = {name: [] for name in COLUMNS}
+    inversion, levels = [], set()
     for a, b in pairs:
         started = time.perf_counter()
         walk = walker.run(WalkSpec(ends=[a, b], steps=steps, **options))
         seconds = time.perf_counter() - started
+        inversion += walk.info.get("inversion_error", [])
+        if "noise_level" in walk.info:
+            levels.add(round(walk.info["noise_level"], 4))
         summary = walk_metrics(walk.pixels, walk.latents, real, spacing=spacing).summary
         summary["max_nearest_real_relative"] = summary["max_nearest_real"] / spacing
         summary["seconds"] = seconds
         for name in COLUMNS:
             rows[name].append(summary[name])
-    return {name: float(np.mean(values)) for name, values in rows.items()} | {"pairs": len(pairs)}
+    result = {name: float(np.mean(values)) for name, values in rows.items()} | {"pairs": len(pairs)}
+    if inversion:
+        result.update(inversion_error_mean=float(np.mean(inversion)), inversion_error_max=float(np.max(inversion)), noise_level=sorted(levels))
+    return result
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -151,7 +159,7 @@ def main() -> int:
     parser.add_argument("--noise-pairs", type=int, help="pairs for noise-slerp and polish (default: --pairs)")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--ddim-steps", type=int, default=25)
-    parser.add_argument("--noise-level", type=float, default=1.0)
+    parser.add_argument("--noise-level", type=float, help="noise-slerp inversion level (default: auto)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -183,7 +191,7 @@ def main() -> int:
 
     results = {}
     for name, options in variants(unet, args.ddim_steps, args.noise_level):
-        chosen = noise_pairs if (options["method"] == "noise-slerp" or "polish" in options) else pairs
+        chosen = noise_pairs if options["method"] == "noise-slerp" or "polish" in options else pairs
         results[name] = smoothness(walker, chosen, options, args.steps, real, spacing)
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
 
@@ -195,6 +203,10 @@ def main() -> int:
     print(f"LPIPS: {'measured' if lpips_model() is not None else 'not available here (no lpips package or local AlexNet weights)'}")
     print(f"\n{len(pairs)} random pairs ({len(noise_pairs)} for noise-slerp and polish), {args.steps} frames, seed {args.seed}\n")
     print(table(results))
+    for name, row in results.items():
+        if "inversion_error_mean" in row:
+            print(f"\n{name}: inverted to level t = {row['noise_level']}, {args.ddim_steps} DDIM steps; round-trip error of the ends "
+                  f"(relative RMS, blended out along the walk) mean {row['inversion_error_mean']:.3f}, max {row['inversion_error_max']:.3f}")
     print(f"\n{args.steps}-frame decoded morph, warm walker, median of {args.repeats} (seconds):\n")
     print("| walk | seconds | x bare decode |\n|---|---|---|")
     for name, seconds in times.items():

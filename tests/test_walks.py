@@ -219,6 +219,21 @@ def test_noise_slerp_has_no_jump_next_to_its_ends(walker):
     assert steps[0] < 3 * np.median(steps) and steps[-1] < 3 * np.median(steps)
 
 
+def test_auto_noise_level_avoids_the_ill_conditioned_end_of_the_schedule(walker):
+    """At t = 1 of a cosine schedule alpha_bar ~ 0 and a DDIM round trip explodes; the auto level stays accurate."""
+    from latentscope.walks.core import AUTO_NOISE_ALPHA, auto_noise_level
+
+    level = auto_noise_level(walker.denoiser)
+    assert 0.5 < level < 1.0
+    assert walker.denoiser.alphas_cumprod[walker.denoiser.timestep_for(level)] >= AUTO_NOISE_ALPHA
+    ids = ids_of(walker, 60)
+    spec = dict(ends=[int(ids[3]), int(ids[50])], method="noise-slerp", steps=4, ddim_steps=8)
+    auto = walker.run(WalkSpec(**spec))
+    full = walker.run(WalkSpec(noise_level=1.0, **spec))
+    assert auto.info["noise_level"] == level
+    assert max(auto.info["inversion_error"]) < 0.5 < min(full.info["inversion_error"])
+
+
 def test_noise_slerp_samples_differ_from_a_latent_blend(walker):
     ids = ids_of(walker, 60)
     spec = dict(ends=[int(ids[3]), int(ids[50])], steps=9, ddim_steps=10)

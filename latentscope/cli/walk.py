@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     how.add_argument("--even", action="store_true", help="space frames by equal image change, not equal latent steps")
     how.add_argument("--polish", type=fraction, metavar="T", help="denoise each frame from noise level T (e.g. 0.2) to pull it onto the data")
     how.add_argument("--polish-steps", type=positive_int, default=4, help="DDIM steps of the polish (default 4)")
-    how.add_argument("--noise-level", type=fraction, default=1.0, help="noise-slerp: level the ends are inverted to (default 1.0)")
+    how.add_argument("--noise-level", type=fraction, help="noise-slerp: level t the ends are DDIM-inverted to (default: auto, "
+                     "the noisiest level where inversion stays well conditioned, alpha_bar >= 0.02)")
     how.add_argument("--ddim-steps", type=positive_int, default=25, help="noise-slerp: DDIM steps (default 25)")
     how.add_argument("--neighbours", type=positive_int, default=10, help="data-path: neighbours per image in the graph (default 10)")
     how.add_argument("--seed", type=int, default=0, help="seed of the polish noise")
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         line += f"; distance to nearest real image {summary['mean_nearest_real_relative']:.2f} x typical spacing"
     print(line)
     if walk.info.get("inversion_error"):
-        print("noise-slerp inversion error (relative RMS) at the ends: " + ", ".join(f"{e:.3f}" for e in walk.info["inversion_error"]))
+        print(f"noise-slerp from level t={walk.info['noise_level']:.3f}; inversion round-trip error (relative RMS, "
+              "blended out along the walk): " + ", ".join(f"{e:.3f}" for e in walk.info["inversion_error"]))
     print(f"time {walk.info['seconds']['total']:.2f} s")
     return 0

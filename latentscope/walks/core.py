@@ -41,6 +41,22 @@ log = logging.getLogger(__name__)
 METHODS = ("lerp", "slerp", "noise-slerp", "data-path")
 DENOISER_METHODS = ("noise-slerp",)
 MAX_STEPS = 10_000
+AUTO_NOISE_ALPHA = 0.02  # auto inversion level: the noisiest step keeping this much signal (alpha_bar)
+
+
+def auto_noise_level(denoiser, min_alpha: float = AUTO_NOISE_ALPHA) -> float:
+    """The highest noise level t whose cumulative alpha is at least ``min_alpha``.
+
+    DDIM steps divide by sqrt(alpha_bar); at the very end of schedules such as
+    the cosine one (alpha_bar ~ 1e-9) that amplifies the model's error ~10^4
+    times and inversion falls apart. Stopping where alpha_bar ~ 0.02 keeps the
+    noise almost pure (its signal share is sqrt(0.02) ~ 0.14) and the round
+    trip accurate.
+    """
+    alphas = np.asarray(denoiser.alphas_cumprod, np.float64)
+    usable = np.flatnonzero(alphas >= min_alpha)
+    top = int(usable.max()) if len(usable) else 1
+    return top / (len(alphas) - 1)
 
 
 @dataclass
@@ -62,7 +78,7 @@ class WalkSpec:
     polish: float | None = None  # noise level t of the polish, None = off
     polish_steps: int = 4
     seed: int = 0
-    noise_level: float = 1.0  # noise-slerp: inversion level t
+    noise_level: float | None = None  # noise-slerp: inversion level t; None = auto (see auto_noise_level)
     ddim_steps: int = 25  # noise-slerp: DDIM steps for inversion and sampling
     neighbours: int = 10  # data-path: k of the kNN graph
     edge_power: float = 2.0  # data-path: edge weight = distance ** power
@@ -86,7 +102,7 @@ class WalkSpec:
             raise InputError("a direction walk moves one image: give --from only (no --to or --via)")
         if self.polish is not None and not 0.0 < float(self.polish) <= 1.0:
             raise InputError(f"--polish {self.polish}: the polish noise level must be in (0, 1]")
-        if not 0.0 < float(self.noise_level) <= 1.0:
+        if self.noise_level is not None and not 0.0 < float(self.noise_level) <= 1.0:
             raise InputError(f"--noise-level {self.noise_level}: must be in (0, 1]")
         for name in ("polish_steps", "ddim_steps", "neighbours", "density"):
             if int(getattr(self, name)) < 1:
@@ -225,8 +241,8 @@ class NoiseSlerpSegment(Segment):
 class NoiseSpace:
     """DDIM inversion of the knots (each once), and batched DDIM sampling from that level."""
 
-    def __init__(self, denoiser, knots: np.ndarray, level: float, steps: int, batch_size: int = 64):
-        self.denoiser, self.level, self.steps, self.batch_size = denoiser, level, steps, batch_size
+    def __init__(self, denoiser, knots: np.ndarray, level: float, steps: int, batch_size: int = 64, progress: bool = False):
+        self.denoiser, self.level, self.steps, self.batch_size, self.progress = denoiser, level, steps, batch_size, progress
         self.knots = knots
         self.noises = self._batched(denoiser.invert, knots, steps, level)
         self.residuals = knots - self.sample(self.noises)
@@ -237,8 +253,11 @@ class NoiseSpace:
         return self._batched(self.denoiser.denoise, noises, self.level, self.steps)
 
     def _batched(self, function, latents: np.ndarray, *args) -> np.ndarray:
+        from tqdm.auto import tqdm
+
         parts = []
-        for start in range(0, len(latents), self.batch_size):
+        starts = range(0, len(latents), self.batch_size)
+        for start in tqdm(starts, desc="DDIM", unit="batch", disable=not self.progress or len(starts) < 2, leave=False):
             chunk = torch.from_numpy(np.ascontiguousarray(latents[start : start + self.batch_size], np.float32))
             parts.append(function(chunk, *args).float().cpu().numpy())
         return np.concatenate(parts)
@@ -474,7 +493,10 @@ class Walker:
         if spec.method == "slerp":
             return [SlerpSegment(knots[a].latent, knots[b].latent) for a, b in pairs]
         if spec.method == "noise-slerp":
-            space = NoiseSpace(self.denoiser, np.stack([k.latent for k in knots]), spec.noise_level, spec.ddim_steps, self.batch_size)
+            level = spec.noise_level if spec.noise_level is not None else auto_noise_level(self.denoiser)
+            space = NoiseSpace(self.denoiser, np.stack([k.latent for k in knots]), level, spec.ddim_steps,
+                               self.batch_size, self.progress)
+            info["noise_level"] = level
             info["inversion_error"] = [round(e, 6) for e in space.inversion_error]
             return [NoiseSlerpSegment(space, a, b) for a, b in pairs]
         graph = self.graph(spec.neighbours, spec.edge_power)

@@ -74,8 +74,6 @@ def playback_order(pixels: np.ndarray, pingpong: bool = False) -> np.ndarray:
     """Frames in play order: forward, or forward then back without repeating the turning frames."""
     if pingpong and len(pixels) > 2:
         return np.concatenate([pixels, pixels[-2:0:-1]])
-    if pingpong and len(pixels) == 2:
-        return pixels
     return pixels
 
 
