@@ -130,6 +130,8 @@ def timing(walker: Walker, pair, steps: int, repeats: int, has_unet: bool, ddim_
     for name, options in methods.items():
         options = {"method": name, **options}
         out[name] = median_seconds(lambda: walker.run(WalkSpec(ends=list(pair), steps=steps, **options)), repeats)
+    fresh = lambda: Walker(walker.scope.path, model=walker.model_reference, device="cpu").run(WalkSpec(ends=list(pair), steps=steps))  # noqa: E731
+    out["slerp, new Walker (opens scope, loads model)"] = median_seconds(fresh, repeats)
     return out
 
 

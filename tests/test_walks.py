@@ -348,6 +348,16 @@ def test_new_file_end_is_prepared_like_the_scope_images(walker, tmp_path):
     np.testing.assert_allclose(end.latent, walker.codec.encode_pixels(prepared.pixels[None])[0], atol=1e-6)
 
 
+def test_file_end_is_recorded_with_its_hash_and_replays(walker, tmp_path):
+    path = tmp_path / "new.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    original = walker.run(WalkSpec(ends=[int(ids_of(walker, 5)[2]), str(path)], method="lerp", steps=6))
+    sidecar = original.save(tmp_path / "f.png", metrics=False)
+    recorded = json.loads(sidecar.read_text())["walk"]["ends"][1]
+    assert recorded["kind"] == "file" and recorded["path"] == str(path) and len(recorded["sha256"]) == 64
+    np.testing.assert_array_equal(replay(sidecar, device="cpu").pixels, original.pixels)
+
+
 def test_map_point_ends_go_through_the_projections_inverse_transform(scope_dir, real):
     from sklearn.decomposition import PCA
 
@@ -357,6 +367,37 @@ def test_map_point_ends_go_through_the_projections_inverse_transform(scope_dir, 
     expected = projection.inverse_transform([[0.5, -0.25]]).reshape(real.shape[1:])
     np.testing.assert_allclose(result.latents[0], expected, atol=1e-5)
     assert result.info["knots"][0].startswith("map default")
+
+
+def test_cli_map_point_ends_load_the_scopes_map_projection(scope_dir, real, tmp_path, monkeypatch, capsys):
+    """The seam to the projection module: ``load_projection(scope, name)`` returning an object with inverse_transform."""
+    import sys
+    import types
+
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    pca = PCA(2).fit(real.reshape(len(real), -1))
+    scope = latentscope.Scope(scope_dir)
+    coords = pca.transform(real.reshape(len(real), -1))
+    scope.write_map("pca", pd.DataFrame({"id": scope.ok_manifest()["id"], "x": coords[:, 0], "y": coords[:, 1]}), {"method": "pca"})
+    calls = []
+
+    def load_projection(scope, name):
+        calls.append((scope.path, name))
+        return pca
+
+    fake = types.ModuleType("latentscope.projection")
+    fake.load_projection = load_projection
+    monkeypatch.setitem(sys.modules, "latentscope.projection", fake)
+    monkeypatch.setattr(latentscope, "projection", fake, raising=False)
+    out = tmp_path / "m.gif"
+    assert cli_main(["walk", str(scope_dir), "--from", "map:0.5,0.5", "--to", "3", "--map", "pca", "--method", "lerp",
+                     "--steps", "5", "--out", str(out), "-q"]) == 0
+    assert calls == [(scope.path, "pca")]
+    recorded = json.loads((tmp_path / "m.gif.json").read_text())["walk"]["ends"][0]
+    assert recorded == {"kind": "map", "map": "pca", "xy": [0.5, 0.5]}
+    assert "map pca" in capsys.readouterr().out
 
 
 def test_end_parsing_names_the_problem(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -453,7 +453,9 @@ class Walker:
     def run(self, spec: WalkSpec) -> Walk:
         timings = {}
         started = time.perf_counter()
-        knots = self.knots([self.resolve(end) for end in spec.ends], spec)
+        ends = [self.resolve(end) for end in spec.ends]
+        spec = replace(spec, ends=[end.spec for end in ends])  # as resolved: files gain their sha256
+        knots = self.knots(ends, spec)
         if spec.loop and len(knots) < 2:
             raise InputError("a closed loop needs at least two points")
         knot_latents = np.stack([k.latent for k in knots]).astype(np.float32)
