@@ -166,3 +166,42 @@ def test_anomaly_table_sorts_and_highlights_the_point(explorer):
         time.sleep(0.1)
     shot(dash_duo, "05-anomalies")
     assert dash_duo.get_logs() == []
+
+
+def test_click_two_points_walk_strip_and_gif_download(explorer, tmp_path):
+    dash_duo, app = explorer
+    tabs = dash_duo.driver.find_elements("css selector", "#panel-tabs .tab")
+    next(t for t in tabs if t.text == "Walk").click()
+    dash_duo.wait_for_element("#walk-run", timeout=10)
+    ids = app.latentscope.data.points["id"].iloc[[2, 30]].tolist()
+    for image_id in ids:
+        x, y = point_position(dash_duo, int(image_id))
+        move_to(dash_duo, x, y, click=True)
+        time.sleep(0.4)
+    dash_duo.wait_for_text_to_equal("#walk-points .chip:nth-child(3) span:last-child", f"id {ids[1]}", timeout=10)
+    steps = dash_duo.find_element("#walk-steps")
+    steps.clear()
+    steps.send_keys("12\t")
+    dash_duo.find_element("#walk-run").click()
+    deadline = time.monotonic() + 60
+    while len(dash_duo.driver.find_elements("css selector", "#walk-strip img")) != 12:
+        assert time.monotonic() < deadline, "the walk strip never showed 12 frames"
+        time.sleep(0.2)
+    wait_images_loaded(dash_duo, "#walk-strip img")
+    wait_images_loaded(dash_duo, "#walk-preview")
+    path = dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#map .js-plotly-plot');"
+        "return gd._fullData.find(d => d.name === 'path').x.length;"
+    )
+    assert path == 12
+    href = dash_duo.find_element("#download-gif").get_attribute("href")
+    import urllib.request
+
+    from PIL import Image
+
+    gif = tmp_path / "walk.gif"
+    gif.write_bytes(urllib.request.urlopen(href, timeout=30).read())
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames == 12
+    shot(dash_duo, "06-walk")
+    assert dash_duo.get_logs() == []

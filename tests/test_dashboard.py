@@ -225,3 +225,89 @@ def test_wsgi_entry_point_needs_scope_and_token(explorer_scope, monkeypatch):
     assert client.get("/explore/").status_code == 401
     assert client.get("/explore/?token=t0ken").status_code == 200
     assert client.get("/explore/thumb/0.jpg").status_code == 200
+
+
+def wait_job(cb, ref, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while cb.jobs.get(ref["id"]).state in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return cb.jobs.get(ref["id"])
+
+
+def test_walk_job_lifecycle_and_files(cb, client):
+    ids = cb.data.points["id"].tolist()
+    ref, disabled, progress = cb.start_walk(1, ids[:2], "slerp", 10, ["even"])
+    assert disabled is False and "walk" in str(progress)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error
+    messages, result, mosaic, stop, cleared_walk, cleared_grid = cb.poll(1, ref, None)
+    assert messages is None and stop is True and cleared_walk is None
+    assert result["frames"] == 10 and len(result["path"]) == 10
+    view = cb.walk_view(result, 3)
+    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch = view
+    assert style == {} and len(strip) == 10 and last == 9 and "even spacing" in meta
+    for href, kind in ((gif, "GIF"), (png, "PNG")):
+        response = client.get("/" + href)
+        assert response.status_code == 200
+        assert Image.open(io.BytesIO(response.data)).format == kind
+    assert client.get("/" + mp4).data[4:8] == b"ftyp"
+    assert "attachment" in client.get("/" + gif).headers["Content-Disposition"]
+    assert client.get(f"/jobs/{ref['id']}/frame-9.png").status_code == 200
+    assert client.get(f"/jobs/{ref['id']}/frame-10.png").status_code == 404
+    assert client.get(f"/jobs/{ref['id']}/secrets.txt").status_code == 404
+    marker = cb.frame_marker(3, result, 3).to_plotly_json()["operations"]
+    assert marker[0]["params"]["value"] == [result["path"][3][0]]
+
+
+def test_walk_needs_two_points_and_direction_needs_groups(cb):
+    ref, disabled, message = cb.start_walk(1, [0], "slerp", 10, [])
+    assert disabled is True and "two points" in str(message)
+    _, _, message = cb.start_direction(1, None, [1], [2], [0, 1], "slerp", 8)
+    assert "inspect an image first" in str(message)
+    _, _, message = cb.start_direction(1, 0, [], [2], [0, 1], "slerp", 8)
+    assert "group A and group B" in str(message)
+    ids = cb.data.points["id"].tolist()
+    ref, disabled, _ = cb.start_direction(1, ids[0], ids[1:5], ids[5:9], [-1, 1], "noise-slerp", 8)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error and len(job.result.pixels) == 8
+
+
+def test_failed_job_is_reported(cb, monkeypatch):
+    from latentscope.dashboard import actions
+
+    def broken(job, data, spec):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(actions, "run_walk", broken)
+    ids = cb.data.points["id"].tolist()
+    ref, _, _ = cb.start_walk(1, ids[:2], "lerp", 4, [])
+    wait_job(cb, ref)
+    messages, result, _, stop, cleared, _ = cb.poll(1, ref, None)
+    assert "decoder exploded" in str(messages) and stop is True and cleared is None
+
+
+def test_mosaic_over_view_and_view_range(cb, client):
+    assert cb.view_range({"xaxis.range[0]": 0, "xaxis.range[1]": 1, "yaxis.range[0]": -1, "yaxis.range[1]": 2}, None) == [0, 1, -1, 2]
+    assert cb.view_range({"xaxis.autorange": True}, [0, 1, 0, 1]) is None
+    with pytest.raises(PreventUpdate):
+        cb.view_range({"dragmode": "select"}, None)
+    ref, disabled, _ = cb.start_mosaic(1, 4, None)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error
+    _, _, mosaic, _, _, cleared = cb.poll(1, None, ref)
+    assert "mosaic.png" in str(mosaic) and cleared is None
+    image = Image.open(io.BytesIO(client.get(f"/jobs/{ref['id']}/mosaic.png").data))
+    assert image.size == (4 * 32 + 3, 4 * 32 + 3)
+
+
+def test_latents_at_blends_real_latents_near_map_points(cb):
+    xy = cb.data.points[["x", "y"]].to_numpy()[:3]
+    latents = cb.data.latents_at(xy)
+    assert latents.shape == (3, 4, 16, 16)
+    exact = cb.data.latents(cb.data.points["id"].iloc[:3])
+    assert np.abs(latents - exact).max() < 1e-2  # on a real point the blend is that point
+    positions = cb.data.map_positions(exact)
+    assert np.abs(positions - xy).max() < 1e-3

@@ -11,6 +11,8 @@ import numpy as np
 from dash import ALL, Input, Output, Patch, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
+from ..errors import LatentscopeError
+from . import actions
 from .data import ExplorerData
 from .figures import OVERLAYS, map_figure, overlay_index
 from .jobs import JobManager
@@ -50,6 +52,7 @@ class Callbacks:
         self._fill_overlay(figure.data[overlay_index(n_base, "focus")], [focus_id] if focus_id is not None else [])
         self._fill_overlay(figure.data[overlay_index(n_base, "waypoints")], walk_ids or [], numbered=True)
         self._fill_overlay(figure.data[overlay_index(n_base, "highlight")], self.ids_above(threshold))
+        figure.data[overlay_index(n_base, "frame")].x, figure.data[overlay_index(n_base, "frame")].y = [], []
         path = (walk_result or {}).get("path") or []
         if path:
             trace = figure.data[overlay_index(n_base, "path")]
@@ -214,6 +217,139 @@ class Callbacks:
     def table_rows(self, score):
         return anomaly_rows(self.data, score)
 
+    # ------------------------------------------------------------------ long work: walks and mosaics
+
+    def start_walk(self, n_clicks, ids, method, steps, options):
+        if not n_clicks:
+            raise PreventUpdate
+        try:
+            spec = actions.walk_spec(ids or [], method, steps or 24, options)
+        except LatentscopeError as exc:
+            return no_update, True, _error(str(exc))
+        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
+        return {"id": job.id}, False, _progress(job.status())
+
+    def start_direction(self, n_clicks, focus_id, group_a, group_b, strength, method, steps):
+        if not n_clicks:
+            raise PreventUpdate
+        if focus_id is None:
+            return no_update, True, _error("inspect an image first (click it on the map): it is the one that moves")
+        if not group_a or not group_b:
+            return no_update, True, _error("set group A and group B in the Select tab first")
+        direction = {"from": {"ids": list(group_a)}, "to": {"ids": list(group_b)}, "strength": list(strength or [0, 1])}
+        try:
+            spec = actions.walk_spec([focus_id], "lerp" if method in ("noise-slerp", "data-path") else method, steps or 24,
+                                     [], direction=direction)
+        except LatentscopeError as exc:
+            return no_update, True, _error(str(exc))
+        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
+        return {"id": job.id}, False, _progress(job.status())
+
+    def start_mosaic(self, n_clicks, grid, view):
+        if not n_clicks:
+            raise PreventUpdate
+        bounds = tuple(view) if view else self.data_bounds()
+        job = self.jobs.submit("mosaic", actions.run_mosaic, self.data, bounds, int(grid or 8))
+        return {"id": job.id}, False, _progress(job.status())
+
+    def data_bounds(self) -> tuple[float, float, float, float]:
+        xy = self.data.points[["x", "y"]].to_numpy(np.float64)
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        return float(x0), float(x1), float(y0), float(y1)
+
+    def view_range(self, relayout, current):
+        """The visible part of the map, from plotly's relayout events (None = everything)."""
+        if not relayout:
+            raise PreventUpdate
+        if relayout.get("xaxis.autorange") or relayout.get("autosize"):
+            return None
+        keys = ("xaxis.range[0]", "xaxis.range[1]", "yaxis.range[0]", "yaxis.range[1]")
+        if all(k in relayout for k in keys):
+            return [float(relayout[k]) for k in keys]
+        if "xaxis.range" in relayout and "yaxis.range" in relayout:
+            return [*map(float, relayout["xaxis.range"]), *map(float, relayout["yaxis.range"])]
+        raise PreventUpdate
+
+    def poll(self, _ticks, walk_job, grid_job):
+        """Report progress; hand over finished results; stop polling when nothing runs."""
+        messages, running = [], False
+        results = {"walk": no_update, "mosaic": no_update}
+        cleared = {"walk": no_update, "mosaic": no_update}
+        for kind, ref in (("walk", walk_job), ("mosaic", grid_job)):
+            if not ref:
+                continue
+            job = self.jobs.get(ref.get("id"))
+            if job is None:
+                cleared[kind] = None
+                continue
+            status = job.status()
+            if status["state"] in ("queued", "running"):
+                running = True
+                messages.append(_progress(status))
+                continue
+            cleared[kind] = None
+            if status["state"] == "error":
+                messages.append(_error(f"{kind} failed: {status['error']}"))
+            elif kind == "walk":
+                results["walk"] = job.result.summary(job.id)
+            else:
+                results["mosaic"] = _mosaic_view(job.id, job.result)
+        return messages or None, results["walk"], results["mosaic"], not running, cleared["walk"], cleared["mosaic"]
+
+    def walk_view(self, result, n_base):
+        """Show a finished walk: animation, scrubbable frame, strip, downloads; draw its path on the map."""
+        patch = Patch()
+        path = (result or {}).get("path") or []
+        index = overlay_index(int(n_base), "path")
+        patch["data"][index]["x"] = [p[0] for p in path]
+        patch["data"][index]["y"] = [p[1] for p in path]
+        frame_index = overlay_index(int(n_base), "frame")
+        patch["data"][frame_index]["x"] = [path[0][0]] if path else []
+        patch["data"][frame_index]["y"] = [path[0][1]] if path else []
+        if not result:
+            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch)
+        job, frames = result["job"], int(result["frames"])
+        base = f"jobs/{job}/"
+        strip = [html.Img(src=f"{base}frame-{i}.png", title=f"frame {i + 1}", className="current" if i == 0 else "")
+                 for i in range(frames)]
+        step = max(1, frames // 12)
+        marks = {i: str(i + 1) for i in range(0, frames, step)}
+        return ({}, base + "preview.gif", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
+                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch)
+
+    def frame_marker(self, frame, result, n_base):
+        if not result or frame is None:
+            raise PreventUpdate
+        path = result.get("path") or []
+        patch = Patch()
+        index = overlay_index(int(n_base), "frame")
+        point = path[int(frame)] if 0 <= int(frame) < len(path) else None
+        patch["data"][index]["x"] = [point[0]] if point else []
+        patch["data"][index]["y"] = [point[1]] if point else []
+        return patch
+
+
+def _progress(status: dict) -> html.Div:
+    fraction = status["done"] / max(1, status["total"])
+    return html.Div(
+        [html.Span(f"{status['kind']}: {status['message']}"),
+         html.Div(html.Div(style={"width": f"{max(5, int(fraction * 100))}%"}), className="progress-bar")],
+        className="job",
+    )
+
+
+def _error(message: str) -> html.Div:
+    return html.Div(message, className="error")
+
+
+def _mosaic_view(job_id: str, result) -> html.Div:
+    x0, x1, y0, y1 = result.bounds
+    return html.Div(
+        [html.Img(src=f"jobs/{job_id}/mosaic.png", id="mosaic-img"),
+         html.Div(f"{result.grid} x {result.grid} decoded from x {x0:.2f}..{x1:.2f}, y {y0:.2f}..{y1:.2f}", className="hint"),
+         html.A("download PNG", href=f"jobs/{job_id}/download-mosaic.png", download="mosaic.png")]
+    )
+
 
 def thumb_button(image_id: int, where: str) -> html.Button:
     """A clickable thumbnail that inspects its image; ``where`` keeps ids unique across galleries."""
@@ -326,6 +462,44 @@ def register(app, callbacks: Callbacks) -> None:
         State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
         prevent_initial_call=True,
     )(cb.set_group)
+    job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"))
+    app.callback(*job_outputs, Input("walk-run", "n_clicks"), State("walk-ids", "data"), State("walk-method", "value"),
+                 State("walk-steps", "value"), State("walk-options", "value"), prevent_initial_call=True)(cb.start_walk)
+    app.callback(*(Output(o.component_id, o.component_property, allow_duplicate=True) for o in job_outputs),
+                 Input("direction-run", "n_clicks"), State("focus-id", "data"), State("group-a", "data"),
+                 State("group-b", "data"), State("direction-strength", "value"), State("walk-method", "value"),
+                 State("walk-steps", "value"), prevent_initial_call=True)(cb.start_direction)
+    app.callback(Output("grid-job", "data"), Output("job-poll", "disabled", allow_duplicate=True),
+                 Output("job-progress", "children", allow_duplicate=True),
+                 Input("grid-run", "n_clicks"), State("grid-size", "value"), State("view-range", "data"),
+                 prevent_initial_call=True)(cb.start_mosaic)
+    app.callback(Output("view-range", "data"), Input("map", "relayoutData"), State("view-range", "data"),
+                 prevent_initial_call=True)(cb.view_range)
+    app.callback(Output("job-progress", "children", allow_duplicate=True), Output("walk-result", "data"),
+                 Output("grid-output", "children"), Output("job-poll", "disabled", allow_duplicate=True),
+                 Output("walk-job", "data", allow_duplicate=True), Output("grid-job", "data", allow_duplicate=True),
+                 Input("job-poll", "n_intervals"), State("walk-job", "data"), State("grid-job", "data"),
+                 prevent_initial_call=True)(cb.poll)
+    app.callback(Output("walk-output", "style"), Output("walk-preview", "src"), Output("walk-frame-img", "src"),
+                 Output("walk-strip", "children"), Output("walk-frame", "max"), Output("walk-frame", "marks"),
+                 Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
+                 Output("download-mp4", "href"), Output("download-strip", "href"),
+                 Output("map", "figure", allow_duplicate=True),
+                 Input("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.walk_view)
+    app.callback(Output("map", "figure", allow_duplicate=True), Input("walk-frame", "value"),
+                 State("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.frame_marker)
+    app.clientside_callback(
+        """
+        function(frame, result) {
+            if (!result || frame === null || frame === undefined) { return window.dash_clientside.no_update; }
+            document.querySelectorAll('#walk-strip img').forEach(
+                (img, i) => img.classList.toggle('current', i === frame));
+            return ['jobs/' + result.job + '/frame-' + frame + '.png', 'frame ' + (frame + 1) + ' of ' + result.frames];
+        }
+        """,
+        Output("walk-frame-img", "src", allow_duplicate=True), Output("walk-frame-caption", "children"),
+        Input("walk-frame", "value"), State("walk-result", "data"), prevent_initial_call=True,
+    )
     app.callback(Output("map", "figure", allow_duplicate=True), Output("anomaly-count", "children"),
                  Input("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.highlight_above)
     app.callback(Output("focus-id", "data", allow_duplicate=True),

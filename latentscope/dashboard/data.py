@@ -41,6 +41,9 @@ class ExplorerData:
         self.model_reference = model or self.scope.model.get("reference")
         self.device = device
         self._model_lock = threading.Lock()
+        self._codec_lock = threading.Lock()
+        self._codec = None
+        self._walker = None
         self.map_names = self.scope.table_names("maps")
         self.score_names = self.scope.table_names("scores")
         self.map_name = map_name or (self.map_names[0] if self.map_names else None)
@@ -182,12 +185,71 @@ class ExplorerData:
 
     # ------------------------------------------------------------------ models (loaded on first use)
 
-    @cached_property
+    @property
     def codec(self):
-        from ..codec import Codec
+        """The autoencoder, loaded on first use (once, even when several requests ask at the same moment)."""
+        with self._codec_lock:
+            if self._codec is None:
+                from ..codec import Codec
 
+                self._codec = Codec.from_pretrained(self.model_reference, device=self.device)
+            return self._codec
+
+    @cached_property
+    def projection(self):
+        """The fitted projection behind this map (for placing new latents and inverting map points), if loadable."""
+        try:
+            from ..projection import load_projection
+        except ImportError:
+            return None
+        try:
+            return load_projection(self.scope, self.map_name)
+        except LatentscopeError as exc:
+            log.warning("map %s: %s; using nearest-neighbour placement instead", self.map_name, exc)
+            return None
+
+    def map_positions(self, latents: np.ndarray, k: int = 8) -> np.ndarray:
+        """Where latents sit on the map: the projection's transform, else a distance-weighted mean of neighbours."""
+        latents = np.asarray(latents, np.float32)
+        if self.projection is not None:
+            return np.asarray(self.projection.transform(latents), np.float32)[:, :2]
+        flat = latents.reshape(len(latents), -1)
+        real = self.flat_latents
+        xy = self.points[["x", "y"]].to_numpy(np.float32)
+        positions = np.empty((len(flat), 2), np.float32)
+        k = min(k, len(real))
+        for i, query in enumerate(flat):
+            distances = np.einsum("ij,ij->i", real - query, real - query)
+            nearest = np.argpartition(distances, k - 1)[:k]
+            weights = 1.0 / (np.sqrt(distances[nearest]) + 1e-6)
+            positions[i] = (xy[nearest] * weights[:, None]).sum(0) / weights.sum()
+        return positions
+
+    def latents_at(self, points: np.ndarray, k: int = 6) -> np.ndarray:
+        """Latents for map points: the projection's inverse, else a blend of the real latents nearest on the map."""
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        shape = tuple(self.scope.model["latent_shape"])
+        if self.projection is not None:
+            return np.asarray(self.projection.inverse_transform(points), np.float32).reshape(len(points), *shape)
+        xy = self.points[["x", "y"]].to_numpy(np.float32)
+        real = self.flat_latents
+        k = min(k, len(xy))
+        out = np.empty((len(points), real.shape[1]), np.float32)
+        for i, point in enumerate(points):
+            distances = np.sqrt(((xy - point) ** 2).sum(1))
+            nearest = np.argpartition(distances, k - 1)[:k]
+            weights = 1.0 / (distances[nearest] + 1e-6) ** 2
+            out[i] = (real[nearest] * weights[:, None]).sum(0) / weights.sum()
+        return out.reshape(len(points), *shape)
+
+    def walker(self):
+        """One walker per explorer (model loaded once, kNN graph cached), shared by all walk jobs."""
         with self._model_lock:
-            return Codec.from_pretrained(self.model_reference, device=self.device)
+            if self._walker is None:
+                from ..walks import Walker
+
+                self._walker = Walker(self.scope, model=self.codec, projection=self.projection, device=self.device)
+            return self._walker
 
     def reconstruction_png(self, image_id: int) -> bytes | None:
         if not self.knows(image_id):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import dash_table, dcc, html
 
 from .data import ExplorerData
-from .figures import map_figure
+from .figures import OVERLAYS, map_figure
 
 WALK_METHODS = [
     {"label": "slerp (spherical)", "value": "slerp"},
@@ -193,10 +193,35 @@ def grid_tab() -> dcc.Tab:
 
 
 def walk_output() -> html.Div:
+    """The decoded walk (hidden until there is one): animation, scrubbed frame, strip, slider, downloads."""
+    figure = lambda img_id, caption_id, caption: html.Figure(  # noqa: E731
+        [html.Img(id=img_id, className="walk-preview"), html.Figcaption(caption, id=caption_id)], className="walk-figure")
     return html.Div(
         [
             html.Div(id="job-progress", className="progress"),
-            html.Div(id="walk-output", className="walk-output"),
+            html.Div(
+                [
+                    figure("walk-preview", "walk-preview-caption", "animation"),
+                    figure("walk-frame-img", "walk-frame-caption", "frame 1"),
+                    html.Div(
+                        [
+                            html.Div(id="walk-strip", className="walk-strip"),
+                            dcc.Slider(id="walk-frame", min=0, max=1, step=1, value=0, marks={}, updatemode="drag",
+                                       allow_direct_input=False),
+                            html.Div(id="walk-meta", className="walk-meta"),
+                            html.Div(
+                                [html.Span("Download", className="control-label"),
+                                 html.A("GIF", id="download-gif", download="walk.gif"),
+                                 html.A("MP4", id="download-mp4", download="walk.mp4"),
+                                 html.A("strip PNG", id="download-strip", download="walk-strip.png")],
+                                className="downloads",
+                            ),
+                        ],
+                        className="walk-side",
+                    ),
+                ],
+                id="walk-output", className="walk-output", style={"display": "none"},
+            ),
         ],
         className="bottom",
     )
@@ -204,7 +229,7 @@ def walk_output() -> html.Div:
 
 def build_layout(data: ExplorerData) -> html.Div:
     figure = map_figure(data, data.default_colour(), _default_size(len(data.points)))
-    n_base = len(figure.data) - 4
+    n_base = len(figure.data) - len(OVERLAYS)
     return html.Div(
         [
             header(data),
