@@ -189,6 +189,9 @@ def test_click_two_points_walk_strip_and_gif_download(explorer, tmp_path):
         time.sleep(0.2)
     wait_images_loaded(dash_duo, "#walk-strip img")
     wait_images_loaded(dash_duo, "#walk-preview")
+    first = dash_duo.find_element("#walk-preview").get_attribute("src")
+    time.sleep(0.5)
+    assert dash_duo.find_element("#walk-preview").get_attribute("src") != first, "the animation should play"
     path = dash_duo.driver.execute_script(
         "const gd = document.querySelector('#map .js-plotly-plot');"
         "return gd._fullData.find(d => d.name === 'path').x.length;"

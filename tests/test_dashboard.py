@@ -247,7 +247,8 @@ def test_walk_job_lifecycle_and_files(cb, client):
     assert messages is None and stop is True and cleared_walk is None
     assert result["frames"] == 10 and len(result["path"]) == 10
     view = cb.walk_view(result, 3)
-    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch = view
+    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch, paused = view
+    assert paused is False and preview.endswith("frame-0.png")
     assert style == {} and len(strip) == 10 and last == 9 and "even spacing" in meta
     for href, kind in ((gif, "GIF"), (png, "PNG")):
         response = client.get("/" + href)

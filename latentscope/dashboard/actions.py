@@ -17,7 +17,6 @@ from PIL import Image
 from ..errors import InputError
 from .data import ExplorerData, png_bytes
 
-PREVIEW_SIDE = 160
 DOWNLOAD_SIDE = 256
 MOSAIC_GAP = 1
 
@@ -46,7 +45,6 @@ class WalkResult:
                 return None
             return png_bytes(self.pixels[int(index)]), "image/png"
         makers = {
-            "preview.gif": (lambda: self._export("gif", PREVIEW_SIDE, pingpong=True), "image/gif"),
             "download.gif": (lambda: self._export("gif", DOWNLOAD_SIDE), "image/gif"),
             "download.mp4": (lambda: self._export("mp4", DOWNLOAD_SIDE), "video/mp4"),
             "download-strip.png": (lambda: self._export("png", DOWNLOAD_SIDE // 2, layout="strip"), "image/png"),

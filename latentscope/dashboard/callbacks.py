@@ -307,15 +307,15 @@ class Callbacks:
         patch["data"][frame_index]["x"] = [path[0][0]] if path else []
         patch["data"][frame_index]["y"] = [path[0][1]] if path else []
         if not result:
-            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch)
+            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch, True)
         job, frames = result["job"], int(result["frames"])
         base = f"jobs/{job}/"
         strip = [html.Img(src=f"{base}frame-{i}.png", title=f"frame {i + 1}", className="current" if i == 0 else "")
                  for i in range(frames)]
         step = max(1, frames // 12)
         marks = {i: str(i + 1) for i in range(0, frames, step)}
-        return ({}, base + "preview.gif", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
-                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch)
+        return ({}, f"{base}frame-0.png", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
+                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch, False)
 
     def frame_marker(self, frame, result, n_base):
         if not result or frame is None:
@@ -484,8 +484,21 @@ def register(app, callbacks: Callbacks) -> None:
                  Output("walk-strip", "children"), Output("walk-frame", "max"), Output("walk-frame", "marks"),
                  Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
                  Output("download-mp4", "href"), Output("download-strip", "href"),
-                 Output("map", "figure", allow_duplicate=True),
+                 Output("map", "figure", allow_duplicate=True), Output("walk-play", "disabled"),
                  Input("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.walk_view)
+    app.clientside_callback(
+        """
+        function(tick, result) {
+            // the animation: cycle through the frames the strip has already loaded, forward then back
+            if (!result || !result.frames) { return window.dash_clientside.no_update; }
+            const n = result.frames, period = Math.max(1, 2 * n - 2), k = tick % period;
+            const frame = k < n ? k : period - k;
+            return 'jobs/' + result.job + '/frame-' + frame + '.png';
+        }
+        """,
+        Output("walk-preview", "src", allow_duplicate=True), Input("walk-play", "n_intervals"), State("walk-result", "data"),
+        prevent_initial_call=True,
+    )
     app.callback(Output("map", "figure", allow_duplicate=True), Input("walk-frame", "value"),
                  State("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.frame_marker)
     app.clientside_callback(

@@ -175,12 +175,8 @@ class ExplorerData:
         rows = self.ids_to_rows([image_id])
         if not len(rows):
             return []
-        data = self.flat_latents
-        query = data[int(rows[0])]
-        distances = np.einsum("ij,ij->i", data - query, data - query)
-        order = np.argpartition(distances, min(k + 1, len(distances) - 1))[: k + 1]
-        order = order[np.argsort(distances[order])]
-        ids = self.points["id"].to_numpy()[order]
+        _, nearest = self.nearest_rows(self.flat_latents[rows], k + 1)
+        ids = self.points["id"].to_numpy()[nearest[0]]
         return [int(i) for i in ids if int(i) != int(image_id)][:k]
 
     # ------------------------------------------------------------------ models (loaded on first use)
@@ -213,17 +209,25 @@ class ExplorerData:
         latents = np.asarray(latents, np.float32)
         if self.projection is not None:
             return np.asarray(self.projection.transform(latents), np.float32)[:, :2]
-        flat = latents.reshape(len(latents), -1)
+        distances, nearest = self.nearest_rows(latents.reshape(len(latents), -1), k)
+        weights = 1.0 / (distances + 1e-6)
+        xy = self.points[["x", "y"]].to_numpy(np.float32)[nearest]
+        return ((xy * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)).astype(np.float32)
+
+    @cached_property
+    def _squared_norms(self) -> np.ndarray:
+        return np.einsum("ij,ij->i", self.flat_latents, self.flat_latents)
+
+    def nearest_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Euclidean distances and point rows of the k nearest map points to each query latent (one GEMM)."""
         real = self.flat_latents
-        xy = self.points[["x", "y"]].to_numpy(np.float32)
-        positions = np.empty((len(flat), 2), np.float32)
         k = min(k, len(real))
-        for i, query in enumerate(flat):
-            distances = np.einsum("ij,ij->i", real - query, real - query)
-            nearest = np.argpartition(distances, k - 1)[:k]
-            weights = 1.0 / (np.sqrt(distances[nearest]) + 1e-6)
-            positions[i] = (xy[nearest] * weights[:, None]).sum(0) / weights.sum()
-        return positions
+        squared = self._squared_norms[None, :] - 2.0 * queries @ real.T + np.einsum("ij,ij->i", queries, queries)[:, None]
+        nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(squared, nearest, axis=1)
+        order = np.argsort(picked, axis=1)
+        nearest, picked = np.take_along_axis(nearest, order, axis=1), np.take_along_axis(picked, order, axis=1)
+        return np.sqrt(np.maximum(picked, 0.0)), nearest
 
     def latents_at(self, points: np.ndarray, k: int = 6) -> np.ndarray:
         """Latents for map points: the projection's inverse, else a blend of the real latents nearest on the map."""

@@ -270,7 +270,8 @@ def build_layout(data: ExplorerData) -> html.Div:
             dcc.Store(id="group-b", data=[]),
             dcc.Store(id="grid-job"),
             dcc.Store(id="view-range"),
-            dcc.Interval(id="job-poll", interval=250, disabled=True),
+            dcc.Interval(id="job-poll", interval=150, disabled=True),
+            dcc.Interval(id="walk-play", interval=90, disabled=True),
         ],
         className="page",
     )
