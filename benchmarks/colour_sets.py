@@ -96,15 +96,10 @@ def build_icons(size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarra
     """``count`` distinct Papirus app icons (symbolic-link aliases removed), rendered at ``size``."""
     if not ICON_DIR.is_dir() or shutil.which("rsvg-convert") is None:
         raise InputError(f"icons set needs Papirus and rsvg-convert: {INSTALL_HINT}")
-    files = sorted({p.resolve() for p in ICON_DIR.glob("*.svg") if p.is_file()})
-    files = sorted(files, key=lambda p: hashlib.sha256(p.read_bytes()).hexdigest())  # drop content duplicates below
-    unique, seen = [], set()
-    for path in files:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest not in seen:
-            seen.add(digest)
-            unique.append(path)
-    unique.sort(key=lambda p: p.name)
+    unique: dict[str, Path] = {}  # content hash -> first file (by name) with that content
+    for path in sorted({p.resolve() for p in ICON_DIR.glob("*.svg") if p.is_file()}, key=lambda p: p.name):
+        unique.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), path)
+    unique = sorted(unique.values(), key=lambda p: p.name)
     if len(unique) < count:
         raise InputError(f"icons set: only {len(unique)} distinct icons in {ICON_DIR}, asked for {count}")
     chosen = [unique[i] for i in sorted(np.random.default_rng(seed).choice(len(unique), count, replace=False))]

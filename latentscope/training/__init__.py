@@ -233,13 +233,20 @@ def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpo
     return record
 
 
+def _reference(out: Path) -> str:
+    """How ``--model`` names the folder: ``builtin:<name>`` for a model inside the package."""
+    from ..codec import BUILTIN_PREFIX, BUILTIN_ROOT
+
+    return BUILTIN_PREFIX + out.name if out.parent == BUILTIN_ROOT.resolve() else str(out)
+
+
 def _record(out, name, command, data: TrainingImages, train_idx, val_idx, plan: Plan, seed, vae, ae_result: PhaseResult,
             ae_metrics: dict, dn_record: dict | None, device) -> dict:
     import diffusers
 
     return {
         "name": name or out.name,
-        "model_reference": str(out),
+        "model_reference": _reference(out),
         "command": command or f"latentscope.train({data.source!r}, {str(out)!r}, seed={seed})",
         "data": {"source": data.source, "images": len(data.pixels), "skipped": data.skipped, "train": len(train_idx),
                  "validation": len(val_idx), "size": list(data.size), "fingerprint": data.fingerprint(),

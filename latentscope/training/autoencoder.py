@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 KL_WEIGHT = 1e-6
 EVAL_BATCH = 128
 INITIAL_LOGVAR = -8.0
-NORM = 8
+NORM_GROUPS = 8
 
 
 def build_autoencoder(plan: Plan):
@@ -31,7 +31,7 @@ def build_autoencoder(plan: Plan):
         up_block_types=("UpDecoderBlock2D",) * levels,
         layers_per_block=1,
         latent_channels=plan.latent_channels,
-        norm_num_groups=NORM,
+        norm_num_groups=NORM_GROUPS,
         sample_size=list(plan.size) if plan.size[0] != plan.size[1] else plan.size[0],
         mid_block_add_attention=False,  # attention at the bottleneck costs time and buys no PSNR at these sizes
         scaling_factor=1.0,

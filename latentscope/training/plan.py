@@ -4,7 +4,9 @@ The recipe (found by experiments on colour icon and photo-patch sets at 32 and
 64 px, see ``benchmarks/RESULTS.md``): a light encoder and decoder with no
 attention, downscale 4 to a 4-channel latent (4 x 8 x 8 for 32 px images),
 reconstruction loss L1 + MSE with a tiny KL weight, AdamW with warm-up and
-cosine decay, horizontal flips. The denoiser is a small UNet over the scaled
+cosine decay, horizontal flips, and small batches (8): at equal compute, four
+times as many updates of batch 8 reached 19.4 dB where batch 32 reached 15.5 dB
+on held-out icons, whatever its learning rate. The denoiser is a small UNet over the scaled
 latents with a cosine noise schedule and v-prediction.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
-AE_IMAGES_SEEN = 48_000  # autoencoder training length in images (about 10 minutes on 2 CPU cores at 32 px)
+AE_IMAGES_SEEN = 36_000  # autoencoder training length in images (about 10 minutes on 2 CPU cores at 32 px)
 DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in latents (about 5 minutes on 2 CPU cores)
 MIN_EPOCHS, MAX_EPOCHS = 3, 500
 
@@ -76,10 +78,10 @@ def make_plan(
         downscale=downscale,
         widths=widths,
         epochs=ae_epochs,
-        batch_size=batch_size or 32,
-        learning_rate=learning_rate or 2e-3,
+        batch_size=batch_size or 8,  # many small steps beat few large ones for the same compute (see module doc)
+        learning_rate=learning_rate or 1e-3,
         denoiser_widths=(2 * base, 4 * base, 4 * base) if side // downscale >= 16 else (2 * base, 4 * base),
         denoiser_epochs=denoiser_epochs or _epochs_for(DENOISER_LATENTS_SEEN, 2 * train_count),
-        denoiser_batch_size=batch_size or 64,
-        denoiser_learning_rate=(learning_rate or 2e-3) / 2,
+        denoiser_batch_size=batch_size or 32,
+        denoiser_learning_rate=(learning_rate or 1e-3) / 2,
     )
