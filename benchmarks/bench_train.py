@@ -244,7 +244,10 @@ def main() -> None:
         print(json.dumps(results["speed"]), flush=True)
     if not args.quick:
         stored = json.loads(STORE.read_text()) if STORE.exists() else {}
+        colour = {(c["set"], c["size"]): c for c in stored.get("colour", []) + results.pop("colour", [])}
         stored.update(results)
+        if colour:
+            stored["colour"] = sorted(colour.values(), key=lambda c: (c["set"], c["size"]))
         STORE.parent.mkdir(parents=True, exist_ok=True)
         STORE.write_text(json.dumps(stored, indent=1))
         write_section(render(stored, "python benchmarks/bench_train.py"))

