@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test); RESULTS.md is not written")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--sets", nargs="+", default=["icons", "photos"])
+    parser.add_argument("--epochs", type=int, help="autoencoder epochs for the colour sets (default: the automatic plan)")
     args = parser.parse_args()
     parts = args.only or ["digits", "colour", "speed"]
     results: dict = {}
@@ -237,7 +238,7 @@ def main() -> None:
         results["colour"] = []
         for name in args.sets:
             for size in args.sizes:
-                results["colour"].append(bench_colour(name, size, count=200 if args.quick else 2000, epochs=1 if args.quick else None))
+                results["colour"].append(bench_colour(name, size, count=200 if args.quick else 2000, epochs=1 if args.quick else args.epochs))
                 print(json.dumps(results["colour"][-1]), flush=True)
     if "speed" in parts:
         results["speed"] = bench_speed(count=128 if args.quick else 640, rounds=1 if args.quick else 3, epochs=1 if args.quick else 2)
