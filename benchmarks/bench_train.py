@@ -204,8 +204,10 @@ def render(results: dict, command: str) -> str:
             "### Training-loop throughput",
             "",
             f"Autoencoder phase at {s['size']}px, batch {s['batch']}, {s['steps']} steps, median of {s['rounds']} interleaved rounds: "
-            f"our loop (whole epochs incl. augmentation, schedule, validation, checkpoints) {s['ours']:.1f} images/s, "
-            f"bare forward + backward + optimizer step {s['bare']:.1f} images/s: **ratio {s['ratio']:.2f}**.",
+            f"images/s of our loop (whole epochs incl. augmentation, schedule, validation, checkpoints) divided by images/s "
+            f"of a bare forward + backward + optimizer step of the same model, each round measured back to back: "
+            f"**median ratio {s['ratio']:.2f}** (median rates over the rounds, which the shared machine made differ: "
+            f"ours {s['ours']:.1f}, bare {s['bare']:.1f} images/s).",
             "",
         ]
     return "\n".join(lines)
