@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import LatentscopeError
 
-SUBCOMMANDS = ("encode", "walk", "serve", "doctor")
+SUBCOMMANDS = ("demo", "train", "encode", "walk", "serve", "doctor")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -76,7 +76,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, recorded by stages that write provenance (train's model card)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -1,0 +1,100 @@
+"""``latentscope demo``: the whole pipeline on scikit-learn's handwritten digits, with the shipped model.
+
+The demo is a list of stages (:data:`STAGES`). Each stage is a function that
+takes the :class:`DemoRun` and returns the lines it reports; it may store what
+later stages need in ``run.results``. Adding a stage (projection, scoring, the
+dashboard) is one function and one entry in the list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .runtime import cache_dir
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MODEL = "builtin:digits"
+
+
+@dataclass
+class DemoRun:
+    """Settings of one demo run and what its stages produced."""
+
+    workdir: Path
+    retrain: bool = False
+    device: str = "auto"
+    progress: bool = True
+    results: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> Path:
+        return self.workdir / "digits"
+
+    @property
+    def model(self) -> str:
+        return str(self.workdir / "model") if self.retrain else SHIPPED_MODEL
+
+    @property
+    def scope(self) -> Path:
+        return self.workdir / ("digits-retrained.scope" if self.retrain else "digits.scope")
+
+
+def write_images(run: DemoRun) -> list[str]:
+    from .datasets import write_digits
+
+    folder = write_digits(run.images)
+    count = sum(1 for _ in folder.rglob("*.png"))
+    return [f"images: {count} handwritten digits (scikit-learn) in {folder}"]
+
+
+def train_model(run: DemoRun) -> list[str]:
+    """Only with ``--retrain``: fit a new model on the digits, exactly as the shipped one was made."""
+    if not run.retrain:
+        return [f"model: {SHIPPED_MODEL} (shipped with latentscope; --retrain fits a new one)"]
+    from .training import train
+
+    command = f"latentscope train {run.images} --out {run.model} --seed 0"
+    result = train(run.images, run.model, seed=0, device=run.device, overwrite=True, progress=run.progress, command=command)
+    return ["model: retrained from scratch", *("  " + line for line in result.lines())]
+
+
+def encode_images(run: DemoRun) -> list[str]:
+    from .ingest import encode
+
+    summary = encode(run.images, run.model, run.scope, device=run.device, progress=run.progress)
+    run.results["scope"] = run.scope
+    return ["encode:", *("  " + line for line in summary.lines())]
+
+
+Stage = Callable[[DemoRun], list[str]]
+
+#: The demo's stages, in order.
+STAGES: list[tuple[str, Stage]] = [
+    ("images", write_images),
+    ("model", train_model),
+    ("encode", encode_images),
+]
+
+
+def default_workdir() -> Path:
+    return Path(cache_dir()) / "demo"
+
+
+def run_demo(workdir: str | Path | None = None, retrain: bool = False, device: str = "auto", progress: bool = True,
+             report: Callable[[str], None] = log.info) -> DemoRun:
+    """Run every stage in order, passing each report line to ``report`` as soon as the stage is done."""
+    run = DemoRun(Path(workdir).expanduser().resolve() if workdir else default_workdir(), retrain, device, progress)
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name, stage in STAGES:
+        stage_started = time.perf_counter()
+        for line in stage(run):
+            report(line)
+        run.results.setdefault("seconds", {})[name] = round(time.perf_counter() - stage_started, 2)
+    report(f"demo finished in {time.perf_counter() - started:.1f} s; work folder {run.workdir}")
+    return run

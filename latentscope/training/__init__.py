@@ -1,0 +1,274 @@
+"""``latentscope train``: fit a compact latent diffusion model on a user's images.
+
+Phase 1 fits a diffusers ``AutoencoderKL`` (reconstruction + tiny KL loss),
+then sets its ``scaling_factor`` / ``shift_factor`` so scaled latents have zero
+mean and unit variance. Phase 2 fits a ``UNet2DModel`` denoiser (EMA weights)
+on those scaled latents. The output folder is a latentscope model folder that
+``--model`` accepts everywhere::
+
+    MODEL_DIR/vae/        AutoencoderKL (config.json + safetensors)
+    MODEL_DIR/unet/       UNet2DModel
+    MODEL_DIR/scheduler/  DDPMScheduler config
+    MODEL_DIR/README.md   model card: command, data, metrics, time
+    MODEL_DIR/training.json  settings, validation split, per-epoch history
+
+Interrupted runs resume from ``MODEL_DIR/checkpoints/`` when rerun with the
+same images and settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..errors import InputError
+from ..fileio import read_json, write_json
+from ..runtime import resolve_device, seed_everything
+from . import autoencoder as ae_phase
+from . import diffusion as dn_phase
+from .card import write_card
+from .data import TrainingImages, load_images, split_validation
+from .loop import Phase, PhaseResult
+from .plan import Plan, make_plan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "TrainResult", "make_plan", "load_images"]
+
+RECORD_FILE = "training.json"
+CHECKPOINT_DIR = "checkpoints"
+RECIPE_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out: Path
+    psnr: float
+    ssim: float
+    denoiser_loss: float | None
+    seconds: float
+    record: dict
+
+    def lines(self) -> list[str]:
+        data, ae = self.record["data"], self.record["autoencoder"]
+        out = [
+            f"model: {self.out}",
+            f"trained on {data['train']} images of {data['size'][0]}x{data['size'][1]} ({data['validation']} held out), "
+            f"latent {' x '.join(map(str, self.record['plan']['latent_shape']))}",
+            f"autoencoder: {ae['epochs_run']} epochs, validation PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.4f}",
+        ]
+        if self.denoiser_loss is not None:
+            out.append(f"denoiser: {self.record['denoiser']['epochs_run']} epochs, validation loss {self.denoiser_loss:.4f}")
+        out.append(f"time {self.seconds / 60:.1f} min; model card {self.out / 'README.md'}")
+        return out
+
+
+def train(
+    images,
+    out: str | os.PathLike,
+    *,
+    size: int | tuple[int, int] | None = None,
+    resize: str = "center-crop",
+    background="white",
+    latent_channels: int = 4,
+    downscale: int | None = None,
+    width: int | None = None,
+    epochs: int | None = None,
+    denoiser_epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    patience: int = 8,
+    denoiser: bool = True,
+    device: str = "auto",
+    overwrite: bool = False,
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+    command: str | None = None,
+    name: str | None = None,
+    callback: Callable[[str, int], None] | None = None,
+) -> TrainResult:
+    """Train an autoencoder (and a denoiser) on ``images`` and save them as a model folder ``out``.
+
+    ``images``: a folder (searched recursively), a list of files, or an array
+    N x H x W [x C]. Unset sizes and lengths are chosen from the image size and
+    count (see :func:`make_plan`). Rerunning after an interruption resumes.
+    ``callback(phase, step)`` is called after every optimizer step.
+    """
+    from ..ingest import parse_background
+
+    started = time.perf_counter()
+    out = Path(out).expanduser().resolve()
+    _check_options(val_fraction, patience, seed)
+    _check_out(out, overwrite)
+    device = resolve_device(device)
+    data = load_images(images, size, resize, parse_background(background), progress)
+    train_idx, val_idx = split_validation(len(data.pixels), val_fraction, seed)
+    plan = make_plan(data.size, len(train_idx), latent_channels, downscale, epochs, batch_size, learning_rate,
+                     denoiser_epochs, width)
+    identity = {"data": data.fingerprint(), "plan": dataclasses.asdict(plan), "seed": seed, "val_fraction": val_fraction,
+                "patience": patience, "kl_weight": ae_phase.KL_WEIGHT, "recipe": RECIPE_VERSION, "device": device.type}
+    checkpoints = out / CHECKPOINT_DIR
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    log.info("training on %d images (%d validation), plan %s", len(train_idx), len(val_idx), plan)
+
+    pixels = ae_phase.pixels_tensor(data.pixels)
+    train_pixels, val_pixels = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
+    vae, ae_result = _autoencoder_phase(plan, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,
+                                        checkpoint_seconds, progress, callback, out)
+    ae_metrics = ae_phase.evaluate(vae, val_pixels.to(device))
+
+    dn_record = None
+    if denoiser:
+        dn_record = _denoiser_phase(plan, vae, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,
+                                    checkpoint_seconds, progress, callback, out)
+
+    record = _record(out, name, command, data, train_idx, val_idx, plan, seed, vae, ae_result, ae_metrics, dn_record, device)
+    # an interrupted and resumed run counts the phase time of its earlier runs too
+    phase_seconds = ae_result.seconds + (dn_record["seconds"] if dn_record else 0.0)
+    record["seconds"] = round(max(time.perf_counter() - started, phase_seconds), 2)
+    write_json(out / RECORD_FILE, record)
+    write_card(out / "README.md", record)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainResult(out, ae_metrics["psnr"], ae_metrics["ssim"], dn_record["metrics"]["val_loss"] if dn_record else None,
+                       record["seconds"], record)
+
+
+def _check_options(val_fraction: float, patience: int, seed: int) -> None:
+    """Fail before any work is done."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"validation fraction {val_fraction}: must be between 0 and 1")
+    if patience < 0:
+        raise InputError(f"patience {patience}: must be 0 (never stop early) or more")
+    if seed < 0:
+        raise InputError(f"seed {seed}: must be 0 or more")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; give a folder for the model")
+    record = out / RECORD_FILE
+    if record.exists():
+        if not overwrite:
+            raise InputError(f"--out {out}: already holds a trained model; give another folder or --overwrite")
+        for part in ("vae", "unet", "scheduler", CHECKPOINT_DIR):
+            shutil.rmtree(out / part, ignore_errors=True)
+        record.unlink()
+
+
+def _phase_done(checkpoints: Path, phase: str, identity: dict, folder: Path) -> dict | None:
+    marker = checkpoints / f"{phase}.done.json"
+    if marker.exists() and (folder / "config.json").exists():
+        stored = read_json(marker)
+        if stored.get("identity") == _jsonable(identity):
+            return stored
+    return None
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=list))
+
+
+def _autoencoder_phase(plan: Plan, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,
+                       checkpoint_seconds, progress, callback, out: Path):
+    from diffusers import AutoencoderKL
+
+    done = _phase_done(checkpoints, "autoencoder", identity, out / "vae")
+    if done:
+        log.info("autoencoder: already trained by an earlier run; loading %s", out / "vae")
+        vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).to(device).eval()
+        return vae, PhaseResult(**done["result"])
+    seed_everything(seed)
+    vae = ae_phase.build_autoencoder(plan).to(device)
+    step = ae_phase.make_step(vae, train_pixels, device=device)
+    val_device = val_pixels.to(device)
+    phase = Phase(
+        "autoencoder", vae, len(train_pixels), step, lambda: ae_phase.evaluate(vae, val_device),
+        epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=seed,
+        checkpoint=checkpoints / "autoencoder.safetensors", identity=identity, monitor="psnr", mode="max",
+        patience=patience, checkpoint_seconds=checkpoint_seconds, progress=progress, callback=callback,
+    )
+    result = phase.run()
+    phase.restore_best()
+    means = ae_phase.encode_means(vae, train_pixels.to(device))
+    ae_phase.calibrate_scaling(vae, means)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    write_json(checkpoints / "autoencoder.done.json", {"identity": identity, "result": dataclasses.asdict(result)})
+    return vae, result
+
+
+def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,
+                    checkpoint_seconds, progress, callback, out: Path) -> dict:
+    from diffusers import UNet2DModel
+
+    done = _phase_done(checkpoints, "denoiser", identity, out / "unet")
+    if done:
+        return done["record"]
+    scheduler = dn_phase.build_scheduler()
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor
+    # the denoiser sees each training image and its mirror image (the autoencoder's flip augmentation, in latent space)
+    train_latents = torch.cat([ae_phase.encode_means(vae, train_pixels.to(device), flip=f) for f in (False, True)])
+    train_latents = ((train_latents - shift) * scale).cpu()
+    val_latents = ((ae_phase.encode_means(vae, val_pixels.to(device)) - shift) * scale).cpu()
+    seed_everything(seed + 1)
+    unet = dn_phase.build_unet(plan.latent_shape, plan.denoiser_widths).to(device)
+    loss = dn_phase.DiffusionLoss(unet, scheduler, device)
+    phase = Phase(
+        "denoiser", unet, len(train_latents), dn_phase.make_step(loss, train_latents),
+        dn_phase.make_validation(loss, val_latents, seed),
+        epochs=plan.denoiser_epochs, batch_size=plan.denoiser_batch_size, learning_rate=plan.denoiser_learning_rate,
+        seed=seed, checkpoint=checkpoints / "denoiser.safetensors", identity=identity, monitor="val_loss", mode="min",
+        patience=patience, ema_decay=0.999, checkpoint_seconds=checkpoint_seconds, progress=progress, callback=callback,
+    )
+    result = phase.run()
+    phase.restore_best()
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    record = {**dataclasses.asdict(result), "metrics": {"val_loss": phase.best["value"] if phase.best else float("nan")},
+              "parameters": sum(p.numel() for p in unet.parameters())}
+    write_json(checkpoints / "denoiser.done.json", {"identity": identity, "record": record})
+    return record
+
+
+def _reference(out: Path) -> str:
+    """How ``--model`` names the folder: ``builtin:<name>`` for a model inside the package."""
+    from ..codec import BUILTIN_PREFIX, BUILTIN_ROOT
+
+    return BUILTIN_PREFIX + out.name if out.parent == BUILTIN_ROOT.resolve() else str(out)
+
+
+def _record(out, name, command, data: TrainingImages, train_idx, val_idx, plan: Plan, seed, vae, ae_result: PhaseResult,
+            ae_metrics: dict, dn_record: dict | None, device) -> dict:
+    import diffusers
+
+    return {
+        "name": name or out.name,
+        "model_reference": _reference(out),
+        "command": command or f"latentscope.train({data.source!r}, {str(out)!r}, seed={seed})",
+        "data": {"source": data.source, "images": len(data.pixels), "skipped": data.skipped, "train": len(train_idx),
+                 "validation": len(val_idx), "size": list(data.size), "fingerprint": data.fingerprint(),
+                 "validation_names": [data.names[i] for i in val_idx]},
+        "plan": {**dataclasses.asdict(plan), "latent_shape": list(plan.latent_shape)},
+        "seed": seed,
+        "kl_weight": ae_phase.KL_WEIGHT,
+        "autoencoder": {**dataclasses.asdict(ae_result), "metrics": ae_metrics,
+                        "parameters": sum(p.numel() for p in vae.parameters()),
+                        "scaling_factor": vae.config.scaling_factor, "shift_factor": vae.config.shift_factor},
+        "denoiser": dn_record,
+        "environment": {"device": str(device), "threads": torch.get_num_threads(), "latentscope": __version__,
+                        "torch": torch.__version__, "diffusers": diffusers.__version__},
+    }

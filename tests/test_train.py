@@ -1,0 +1,191 @@
+"""latentscope train: loss falls, checkpoints resume to the same state, the output loads through --model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder, shape_image
+
+from latentscope.cli import main
+from latentscope.codec import Codec
+from latentscope.denoiser import Denoiser
+from latentscope.errors import InputError
+from latentscope.training import load_images, make_plan, train
+from latentscope.training.loop import learning_rate_at
+from latentscope.training.metrics import psnr, ssim
+
+TINY = dict(size=16, width=8, epochs=4, denoiser_epochs=4, batch_size=4, learning_rate=3e-3, progress=False, patience=0)
+
+
+def shapes_array(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(shape_image(rng, (16, 16))) for _ in range(n)])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "model"
+    result = train(shapes_array(48), out, **TINY)
+    return out, result
+
+
+def _weights(folder, part):
+    from safetensors.torch import load_file
+
+    return load_file(str(next((folder / part).glob("*.safetensors"))))
+
+
+def test_losses_fall_and_validation_improves(tiny_model):
+    out, result = tiny_model
+    record = json.loads((out / "training.json").read_text())
+    ae, dn = record["autoencoder"]["history"], record["denoiser"]["history"]
+    assert len(ae) == 4 and len(dn) == 4
+    assert ae[-1]["train_loss"] < 0.95 * ae[0]["train_loss"]
+    assert ae[-1]["psnr"] > ae[0]["psnr"]
+    assert min(h["train_loss"] for h in dn[1:]) < dn[0]["train_loss"]
+    assert dn[-1]["val_loss"] < 0.97 * dn[0]["val_loss"]
+    assert result.psnr == pytest.approx(record["autoencoder"]["metrics"]["psnr"])
+
+
+def test_output_folder_layout_and_card(tiny_model):
+    out, result = tiny_model
+    for part in ("vae", "unet", "scheduler"):
+        assert (out / part / "config.json").is_file() or (out / part / "scheduler_config.json").is_file()
+    assert list((out / "vae").glob("*.safetensors")) and list((out / "unet").glob("*.safetensors"))
+    assert not (out / "checkpoints").exists()
+    card = (out / "README.md").read_text()
+    train_count = result.record["data"]["train"]
+    assert "## Command" in card and f"{result.psnr:.2f} dB" in card and f"{train_count} images of 16x16" in card
+
+
+def test_saved_model_loads_through_model_option(tiny_model, tmp_path):
+    out, _ = tiny_model
+    codec = Codec.from_pretrained(str(out), device="cpu")
+    denoiser = Denoiser.from_pretrained(str(out), device="cpu")
+    assert codec.latent_shape((16, 16)) == (4, 4, 4) and codec.image_size == (16, 16)
+    latents = codec.encode_pixels(shapes_array(32, seed=1))
+    # the calibrated scaling gives the SD convention: roughly zero mean, unit variance
+    assert abs(float(latents.mean())) < 0.3 and 0.6 < float(latents.std()) < 1.6
+    assert denoiser.prediction_type == "v_prediction" and denoiser.num_train_timesteps == 1000
+    images = make_image_folder(tmp_path / "imgs", 6)
+    assert main(["-q", "encode", str(images), "--model", str(out), "--out", str(tmp_path / "scope")]) == 0
+    assert np.load(tmp_path / "scope" / "latents.npy").shape == (6, 4, 4, 4)
+
+
+def test_recorded_psnr_matches_codec_round_trip(tiny_model):
+    out, _ = tiny_model
+    record = json.loads((out / "training.json").read_text())
+    pixels = shapes_array(48)
+    val = pixels[[int(name) for name in record["data"]["validation_names"]]]
+    codec = Codec.from_pretrained(str(out), device="cpu")
+    recon = codec.decode_to_pixels(codec.encode_pixels(val))
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float()  # noqa: E731
+    assert float(psnr(to_t(val), to_t(recon)).mean()) == pytest.approx(record["autoencoder"]["metrics"]["psnr"], abs=0.05)
+
+
+def _interrupt_at(phase_name: str, step: int):
+    def callback(phase, current):
+        if phase == phase_name and current == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+@pytest.mark.parametrize("phase,step", [("autoencoder", 13), ("denoiser", 30)])
+def test_resume_after_interruption_gives_the_same_model(tiny_model, tmp_path, phase, step):
+    reference, _ = tiny_model
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_array(48), out, callback=_interrupt_at(phase, step), **TINY)
+    assert (out / "checkpoints" / f"{phase}.safetensors").exists()
+    state = json.loads((out / "checkpoints" / f"{phase}.json").read_text())
+    assert state["step"] == step
+    train(shapes_array(48), out, **TINY)
+    for part in ("vae", "unet"):
+        expected, got = _weights(reference, part), _weights(out, part)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{part}/{key}")
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_array(24), out, callback=_interrupt_at("autoencoder", 2), **{**TINY, "epochs": 2, "denoiser_epochs": 1})
+    result = train(shapes_array(24), out, **{**TINY, "epochs": 2, "denoiser_epochs": 1, "learning_rate": 1e-3})
+    assert result.record["autoencoder"]["steps"] == 10  # started over: 2 epochs x 5 full batches of 4 (22 train images)
+
+
+def test_refuses_to_overwrite_a_trained_model(tiny_model):
+    out, _ = tiny_model
+    with pytest.raises(InputError, match="already holds a trained model"):
+        train(shapes_array(48), out, **TINY)
+
+
+def test_plan_chooses_sizes_from_image_size_and_count():
+    small = make_plan((32, 32), 1600)
+    assert small.latent_shape == (4, 8, 8) and small.widths == (16, 32, 64)
+    large = make_plan((64, 64), 1600)
+    assert large.latent_shape == (4, 16, 16) and large.epochs < small.epochs
+    assert make_plan((32, 32), 100).epochs > small.epochs
+    assert make_plan((128, 128), 100).downscale == 8
+    with pytest.raises(InputError):
+        make_plan((36, 36), 100, downscale=8)
+
+
+def test_load_images_from_folder_skips_bad_files(tmp_path):
+    folder = make_image_folder(tmp_path / "imgs", 8)
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    data = load_images(folder, 16, progress=False)
+    assert data.pixels.shape == (8, 16, 16, 3) and data.skipped == 1
+    with pytest.raises(InputError, match="at least"):
+        load_images(shapes_array(2), progress=False)
+
+
+def test_learning_rate_schedule_warms_up_and_decays():
+    values = [learning_rate_at(s, 100, 1e-3) for s in range(100)]
+    assert values[0] < values[4] == pytest.approx(1e-3) and values[-1] < 0.05e-3
+    assert max(values) <= 1e-3 + 1e-12
+
+
+def test_metrics_agree_with_definitions():
+    a = torch.randint(0, 256, (3, 3, 16, 16)).float()
+    assert torch.all(psnr(a, a) == 100.0)
+    noisy = (a + 8).clamp(0, 255)
+    expected = 10 * torch.log10(255**2 / (noisy - a).pow(2).flatten(1).mean(1))
+    torch.testing.assert_close(psnr(a, noisy), expected)
+    assert torch.allclose(ssim(a, a), torch.ones(3)) and torch.all(ssim(a, noisy) < 1)
+
+
+def _cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, tiny_model):
+    code, err = _cli(capsys, "train", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
+    assert code == 2 and len(err.splitlines()) == 1 and "no such folder" in err
+    images = make_image_folder(tmp_path / "imgs", 6)
+    code, err = _cli(capsys, "train", str(images), "--out", str(tmp_path / "m"), "--val-fraction", "1.5")
+    assert code == 2 and len(err.splitlines()) == 1 and "validation fraction" in err
+    code, err = _cli(capsys, "train", str(images), "--out", str(tiny_model[0]))
+    assert code == 2 and len(err.splitlines()) == 1 and "--overwrite" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(images), "--out", str(tmp_path / "m"), "--downscale", "3"])
+    assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_cli_trains_and_records_the_command(tmp_path, capsys):
+    images = make_image_folder(tmp_path / "imgs", 12)
+    out = tmp_path / "model"
+    code = main(["-q", "train", str(images), "--out", str(out), "--size", "16", "--width", "8", "--epochs", "1",
+                 "--denoiser-epochs", "1", "--batch-size", "4", "--no-denoiser"])
+    assert code == 0
+    assert "validation PSNR" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert f"latentscope -q train {images} --out {out}" in card
+    assert not (out / "unet").exists() and Codec.from_pretrained(str(out)).image_size == (16, 16)
