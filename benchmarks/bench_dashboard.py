@@ -94,8 +94,9 @@ def free_port() -> int:
 
 
 def start_server(scope: Path, port: int) -> subprocess.Popen:
+    log = open(scope.parent / "server.log", "wb")  # never an unread pipe: a full pipe blocks the server
     process = subprocess.Popen([sys.executable, "-m", "latentscope", "serve", str(scope), "--port", str(port), "-q"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -104,7 +105,7 @@ def start_server(scope: Path, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.5)
     process.kill()
-    raise RuntimeError("server did not start: " + process.stdout.read()[-2000:])
+    raise RuntimeError("server did not start: " + (scope.parent / "server.log").read_text()[-2000:])
 
 
 def browser():

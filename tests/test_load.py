@@ -24,10 +24,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(explorer_scope):
+def server(explorer_scope, tmp_path):
     port = free_port()
+    log = open(tmp_path / "server.log", "wb")  # a pipe nobody reads would fill up and block the server
     process = subprocess.Popen([sys.executable, "-m", "latentscope", "serve", str(explorer_scope), "--port", str(port),
-                                "--device", "cpu", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--device", "cpu", "-q"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -35,12 +36,13 @@ def server(explorer_scope):
             urllib.request.urlopen(base + "_dash-layout", timeout=5)
             break
         except OSError:
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert process.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.3)
     yield base, process
     process.terminate()
     process.wait(timeout=30)
+    log.close()
 
 
 def test_twenty_clients_no_failures_and_flat_memory(server, explorer_scope):
