@@ -45,14 +45,18 @@ AUTO_NOISE_ALPHA = 0.02  # auto inversion level: the noisiest step keeping this 
 
 
 def auto_noise_level(denoiser, min_alpha: float = AUTO_NOISE_ALPHA) -> float:
-    """The highest noise level t whose cumulative alpha is at least ``min_alpha``.
+    """The noisiest level t at which DDIM inversion and sampling stay well conditioned.
 
-    DDIM steps divide by sqrt(alpha_bar); at the very end of schedules such as
-    the cosine one (alpha_bar ~ 1e-9) that amplifies the model's error ~10^4
-    times and inversion falls apart. Stopping where alpha_bar ~ 0.02 keeps the
-    noise almost pure (its signal share is sqrt(0.02) ~ 0.14) and the round
-    trip accurate.
+    A DDIM step estimates the clean latent from the model output. With epsilon
+    prediction that is ``(x - sqrt(1 - a) eps) / sqrt(a)``: at the end of schedules
+    such as the cosine one (``a = alpha_bar ~ 1e-9``) the model's error is
+    amplified ~10^4 times and the walk falls apart, so the level stops where
+    ``alpha_bar >= min_alpha`` (0.02: the noise keeps a signal share of ~0.14).
+    With v- or sample prediction the estimate stays bounded and t = 1 (pure
+    noise, the DDIM paper's setting) is used.
     """
+    if denoiser.prediction_type != "epsilon":
+        return 1.0
     alphas = np.asarray(denoiser.alphas_cumprod, np.float64)
     usable = np.flatnonzero(alphas >= min_alpha)
     top = int(usable.max()) if len(usable) else 1
