@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ScopeError
 from ..fileio import load_npy, read_json, write_json, write_npy
-from .neighbors import check_metric, graph_method, knn_graph
+from .neighbors import check_metric, describe_graph_step, knn_graph
 from .reduce import DEFAULT_MEMORY_LIMIT, PCAState, fit_pca, flat, pca_size
 
 INDEX_FILE = "index.json"
@@ -73,7 +73,7 @@ class NeighbourIndex:
             reduced = np.ascontiguousarray(data, dtype=np.float32)
         seconds["reduce"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        step(f"finding neighbours ({graph_method(len(reduced))}, {len(reduced):,} points)")
+        step(describe_graph_step(len(reduced)))
         indices, distances, method = knn_graph(reduced, n_neighbors, metric, random_state, progress=progress)
         seconds["neighbours"] = round(time.perf_counter() - started, 3)
         return cls(reduced, indices, distances, metric, pca, method, seconds)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "NUMBA_CACHE_DIR"
 CACHED_PACKAGES = ("umap", "pynndescent")
 WARM_MARKER = "latentscope-warm.json"
+_LOADED = False
 
 
 def numba_cache_dir() -> Path:
@@ -73,6 +74,9 @@ def enable_disk_caching(packages=CACHED_PACKAGES) -> int:
 
 def load_umap():
     """Import umap-learn (and pynndescent) with the persistent numba cache in place."""
+    global _LOADED
+    if _LOADED:
+        return sys.modules["umap"]
     configure_numba_cache()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImportWarning)  # "Tensorflow not installed; ParametricUMAP will be unavailable"
@@ -82,6 +86,7 @@ def load_umap():
 
     # functions that take a jitted function as argument cannot be kept on disk; numba says so on every compile
     warnings.filterwarnings("ignore", message=".*Cannot cache compiled function", category=NumbaWarning)
+    _LOADED = True
     return umap
 
 

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 INITS = ("spectral", "pca", "random")
 INVERSE_METHODS = ("blend", "umap")
-LAYOUT_VARIANT = "layout-1"
+LAYOUT_VARIANT = "layout-2"
+_WARMED_UP = False
 WARM_START_EPOCHS = 60  # epochs for a layout that starts from another map's coordinates
 MODEL_FILE = "projection.json"
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1
@@ -196,10 +197,12 @@ class LatentProjection:
         return None if self.random_state is None else int(self.random_state)
 
     def _layout(self, index: NeighbourIndex, k: int, steps: Steps) -> np.ndarray:
-        steps("loading UMAP" if is_warm(LAYOUT_VARIANT) else "compiling UMAP (first run only)")
+        warm = is_warm(LAYOUT_VARIANT)
+        steps("loading UMAP" if warm else "compiling UMAP (first run only)")
         umap = load_umap()
         _warm_up(umap)
-        mark_warm(LAYOUT_VARIANT)
+        if not warm:
+            mark_warm(LAYOUT_VARIANT)
         n_epochs = self.layout_epochs(index.n_samples)
         self.a_, self.b_ = (float(v) for v in umap.umap_.find_ab_params(self.spread, self.min_dist))
         graph = fuzzy_graph(umap, index, k, self.metric, n_epochs)
@@ -436,12 +439,17 @@ def fuzzy_graph(umap, index: NeighbourIndex, k: int, metric: str, n_epochs: int)
 
 
 def _warm_up(umap) -> None:
-    """Compile (or load from the disk cache) everything a layout uses, on a tiny problem."""
+    """Compile (or load from the disk cache) everything a layout uses, on a tiny problem, once per process."""
+    global _WARMED_UP
+    if _WARMED_UP:
+        return
     tiny = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     indices, distances = exact_search(tiny, tiny, 8, "euclidean", same_set=True)
     index = NeighbourIndex(tiny, indices, distances, "euclidean")
     graph = fuzzy_graph(umap, index, 8, "euclidean", 11)
-    layout.optimise(tiny[:, :2], None, graph.row, graph.col, graph.data, 11, 1.6, 0.9, 0)
+    for parallel in (False, True):
+        layout.optimise(tiny[:, :2], None, graph.row, graph.col, graph.data, 11, 1.6, 0.9, 0, parallel=parallel)
+    _WARMED_UP = True
 
 
 def _quiet(function, *args):

@@ -82,8 +82,17 @@ def exact_search(queries: np.ndarray, reference: np.ndarray, k: int, metric: str
     return indices, distances
 
 
+_NN_DESCENT_COMPILED = False  # pynndescent's nn_descent cannot be disk-cached: it compiles once per process
+
+
 def graph_method(n_samples: int) -> str:
     return "exact" if n_samples <= EXACT_GRAPH_MAX else "NN-descent"
+
+
+def describe_graph_step(n_samples: int) -> str:
+    method = graph_method(n_samples)
+    note = "; pynndescent compiles first, once per process" if method == "NN-descent" and not _NN_DESCENT_COMPILED else ""
+    return f"finding neighbours ({method}, {n_samples:,} points{note})"
 
 
 def knn_graph(reduced: np.ndarray, k: int, metric: str, random_state: int | None = 0,
@@ -117,6 +126,8 @@ def _nn_descent(reduced: np.ndarray, k: int, metric: str, random_state: int | No
         verbose=False,
     )
     indices, distances = index.neighbor_graph
+    global _NN_DESCENT_COMPILED
+    _NN_DESCENT_COMPILED = True
     missing = int((indices < 0).sum())
     if missing:
         log.warning("NN-descent left %d neighbour slots empty; the map may be less faithful there", missing)
