@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2, help="map dimensions (default 2)")
     parser.add_argument("--pca", type=non_negative_int, default=50, metavar="N",
                         help="reduce latents with more than N values to N principal components first; 0 = never (default 50)")
-    parser.add_argument("--epochs", type=positive_int, default=None, help="layout epochs (default: 200, or fewer with --warm-start)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="layout epochs (default: 200, or 60 with --warm-start)")
     parser.add_argument("--init", choices=INITS, default="spectral", help="starting layout (default spectral)")
     parser.add_argument("--warm-start", metavar="MAP", help="start from the coordinates of an existing map of the same images")
     parser.add_argument("--add-new", action="store_true",

@@ -5,22 +5,27 @@ of the fuzzy graph. Given a seed it runs on one thread; its parallel version
 lets threads race on shared coordinates, so results change from run to run.
 
 Here the points are put in a locality order (Morton order of their starting
-coordinates) and cut into ``N_CHUNKS`` contiguous chunks. Chunks run in
-parallel; within a chunk points are updated one after another, as in
-umap-learn, reading the live positions of points in the same chunk and the
-positions other chunks had at the start of the epoch. Graph neighbours mostly
-share a chunk, so updates stay close to umap-learn's sequential sweep (a pure
-start-of-epoch snapshot for everyone measurably loses trustworthiness on large
-sets), while nothing one thread writes is read by another during an epoch: the
-result depends only on the data and the seed, not on the number of threads.
-Each point draws its negative samples from its own random stream.
+coordinates) and cut into ``N_CHUNKS`` contiguous chunks, each visited in a
+fixed shuffled order. Chunks run in parallel; within a chunk the sweep is
+umap-learn's: an edge between two points of the chunk moves both ends
+(``move_other``) and reads live positions. A point of another chunk is read at
+its position from the start of the epoch and is not moved; instead the chunk's
+own point takes the pull twice, which keeps the expected pull per epoch (its
+partner does the same from its side). Nothing one thread writes is read by
+another during an epoch, so the result depends only on the data and the seed,
+not on the number of threads. Each point draws its negative samples from its
+own random stream.
+
+Measured on 70,000 points (trustworthiness, k=10; umap-learn's own layout on
+the same graph: 0.971): one chunk 0.973, four chunks 0.972, sixteen chunks
+0.968 with torn clusters, a start-of-epoch snapshot for every point 0.955,
+chunks swept in spatial instead of shuffled order worse still. Hence four
+chunks: up to four threads, umap-learn's quality.
 
 The objective, the edge sampling schedule (``epochs_per_sample``), the
 attraction / repulsion gradients with their clipping at 4, the linear
 learning-rate decay and the a, b curve parameters are UMAP's (McInnes et al.,
-2018). umap-learn applies each undirected edge from both ends and moves both
-points (``move_other``); updating only the row owner, we apply the attraction
-twice, which keeps the expected pull per epoch the same.
+2018).
 
 The compiled functions are cached on disk (``cache=True``), so later processes
 load them instead of compiling. Small graphs run the same chunks on one thread
@@ -39,7 +44,7 @@ import numba  # noqa: E402  (numba reads NUMBA_CACHE_DIR when imported)
 
 CLIP = 4.0
 PARALLEL_MIN_EDGES = 100_000  # below this a thread wake-up per epoch costs more than it saves
-N_CHUNKS = 16  # fixed, so that the result does not depend on the number of threads
+N_CHUNKS = 4  # fixed, so that the result does not depend on the number of threads
 
 
 @numba.njit(cache=True, inline="always")
@@ -80,8 +85,8 @@ def _optimise_epoch(head, tail, chunk_starts, indptr, neighbours, epochs_per_sam
     b = np.float32(b)
     two_ab = np.float32(2.0) * a * b
     two_gamma_b = np.float32(2.0) * np.float32(gamma) * b
-    step_attract = np.float32(attraction * alpha)
-    step_repel = np.float32(alpha)
+    step_one_sided = np.float32(attraction * alpha)  # a pull on one end standing in for both ends
+    step = np.float32(alpha)
     clip = np.float32(CLIP)
     for chunk in numba.prange(len(chunk_starts) - 1):
         lo = chunk_starts[chunk]
@@ -92,7 +97,8 @@ def _optimise_epoch(head, tail, chunk_starts, indptr, neighbours, epochs_per_sam
                 if next_sample[edge] > epoch:
                     continue
                 j = neighbours[edge]
-                other = head if same_set and lo <= j < hi else tail
+                own = same_set and lo <= j < hi
+                other = head if own else tail
                 dist2 = np.float32(0.0)
                 for d in range(dim):
                     diff = head[i, d] - other[j, d]
@@ -102,7 +108,11 @@ def _optimise_epoch(head, tail, chunk_starts, indptr, neighbours, epochs_per_sam
                     coeff = -two_ab * (power / dist2) / (a * power + np.float32(1.0))
                     for d in range(dim):
                         grad = min(max(coeff * (head[i, d] - other[j, d]), -clip), clip)
-                        head[i, d] += grad * step_attract
+                        if own:  # both ends move, as umap-learn's move_other
+                            head[i, d] += grad * step
+                            head[j, d] -= grad * step
+                        else:
+                            head[i, d] += grad * step_one_sided
                 next_sample[edge] += epochs_per_sample[edge]
                 n_negative = int((epoch - next_negative[edge]) / epochs_per_negative[edge])
                 for _ in range(n_negative):
@@ -119,7 +129,7 @@ def _optimise_epoch(head, tail, chunk_starts, indptr, neighbours, epochs_per_sam
                         coeff = two_gamma_b / ((np.float32(0.001) + dist2) * (a * dist2**b + np.float32(1.0)))
                         for d in range(dim):
                             grad = min(max(coeff * (head[i, d] - other[k, d]), -clip), clip)
-                            head[i, d] += grad * step_repel
+                            head[i, d] += grad * step
                 next_negative[edge] += n_negative * epochs_per_negative[edge]
             streams[i] = state
 
