@@ -375,7 +375,8 @@ def test_cli_prints_steps_timings_and_quality(digits_scope, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--n-neighbors", "0"], "must be at least 1"),
     (["--n-neighbors", "1"], "at least 2"),
-    (["--min-dist", "-1"], "between 0 and 10"),
+    (["--min-dist", "-1"], "between 0 and spread"),
+    (["--min-dist", "lots"], "invalid float value"),
     (["--min-dist", "3"], "between 0 and spread"),
     (["--metric", "hamming"], "invalid choice"),
     (["--dims", "4"], "invalid choice"),

@@ -11,16 +11,6 @@ def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
 
 
-def min_dist(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 10.0:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 10")
-    return value
-
-
 def register(subparsers) -> None:
     from ..projection.neighbors import METRICS
     from ..projection.model import INITS
@@ -36,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("scope", help="scope folder made by 'latentscope encode'")
     parser.add_argument("--name", default="default", help="map name (default: default)")
     parser.add_argument("--n-neighbors", type=positive_int, default=15, help="neighbourhood size: larger keeps more global structure (default 15)")
-    parser.add_argument("--min-dist", type=min_dist, default=0.1, help="how tightly points may pack (default 0.1)")
+    parser.add_argument("--min-dist", type=float, default=0.1, help="how tightly points may pack, 0 to --spread (default 0.1)")
     parser.add_argument("--spread", type=positive_float, default=1.0, help="scale of the embedded points (default 1.0)")
     parser.add_argument("--metric", choices=METRICS, default="euclidean", help="distance between (PCA-reduced) latents")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same map (default 0)")

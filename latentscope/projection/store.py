@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..errors import InputError, ScopeError
 from ..fileio import load_npy, write_npy
-from ..scope import Scope
+from ..scope import Scope, check_name
 from .index import INDEX_FILE, NeighbourIndex
 from .model import LatentProjection, Steps
 from .quality import DEFAULT_SAMPLE, map_quality
@@ -168,12 +168,10 @@ def project(scope, name: str = "default", *, n_neighbors: int = 15, min_dist: fl
     """Make the map ``name`` of a scope's latents and store it (``maps/<name>.parquet`` + scope.json).
 
     ``warm_start`` names an existing map of the same images whose coordinates
-    start the layout (with fewer epochs by default). ``seed=None`` lays out in
-    parallel (faster on many cores, not reproducible).
+    start the layout (with fewer epochs by default). The same ``seed`` gives the
+    same map; ``seed=None`` draws a fresh one.
     """
     scope = _open(scope)
-    from ..scope import check_name
-
     check_name(name, "map")
     if quality_sample < 1:
         raise InputError(f"quality sample {quality_sample}: must be at least 1")
