@@ -88,11 +88,12 @@ def diagnose(path: str | os.PathLike, repair: bool = True, model: str | None = N
 
     _leftovers(root, report, repair)
     scope = Scope(root, recover=repair)  # recovering finishes an interrupted commit
-    manifest = _check_manifest(scope, report)
-    if manifest is not None:
-        _check_latents(scope, manifest, report, repair, model, device)
-        _check_tables(scope, report, repair)
-        _check_thumbnails(scope, report, repair)
+    with scope.locked():  # repairs write where other writers hold the lock too
+        manifest = _check_manifest(scope, report)
+        if manifest is not None:
+            _check_latents(scope, manifest, report, repair, model, device)
+            _check_tables(scope, report, repair)
+            _check_thumbnails(scope, report, repair)
     return report
 
 

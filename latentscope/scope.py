@@ -98,9 +98,14 @@ def normalise_manifest(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[list(MANIFEST_COLUMNS) + extra].sort_values("id").reset_index(drop=True)
 
 
-def uncommitted_files(root: Path) -> list[Path]:
-    """Staged ``*.next`` files of the scope (top level, maps, scores) that no commit marker will finish."""
-    return sorted(p for folder in (root, *(root / kind for kind in TABLE_KINDS)) for p in folder.glob("*" + NEXT_SUFFIX))
+def uncommitted_files(root: Path, *suffixes: str) -> list[Path]:
+    """Staged ``*.next`` files (and files with other ``suffixes``) at the top of a scope and in maps/ and scores/.
+
+    Everything written there is written while holding the scope's lock, so a
+    process that holds the lock and finds such a file knows its writer died.
+    """
+    folders = (root, *(root / kind for kind in TABLE_KINDS))
+    return sorted(p for folder in folders for suffix in (NEXT_SUFFIX, *suffixes) for p in folder.glob("*" + suffix))
 
 
 def check_name(name: str, what: str) -> str:
@@ -301,7 +306,7 @@ class Scope:
     def recover(self) -> None:
         """Finish commits a crash interrupted, and drop half-written files that were never committed."""
         markers = [self.path / ".partial" / COMMIT_MARKER, *sorted((self.path / ".partial").glob(TABLE_MARKER_GLOB))]
-        if not any(m.exists() for m in markers) and not uncommitted_files(self.path):
+        if not any(m.exists() for m in markers) and not uncommitted_files(self.path, TMP_SUFFIX):
             return
         with self.locked():  # a writer holds the lock while its staged files are on their way in
             self._recover(markers)
@@ -318,7 +323,7 @@ class Scope:
                 log.info("%s: finished an interrupted commit (%s)", self.path, marker.name)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ScopeError(f"{marker}: unreadable commit marker ({exc}); run 'latentscope doctor'") from None
-        for leftover in uncommitted_files(self.path):
+        for leftover in uncommitted_files(self.path, TMP_SUFFIX):  # their writers held the lock, so they are dead
             leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ maps and scores

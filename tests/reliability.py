@@ -143,13 +143,15 @@ class CrashLog:
 
 
 def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, duration: float, replaces: int,
-                   time_kills: int = 10, replace_kills: int = 6) -> CrashLog:
+                   time_kills: int = 10, replace_kills: int = 6, start_over=None) -> CrashLog:
     """Kill -9 the command at seeded random moments, rerunning after each, then let it finish once.
 
     ``time_kills`` kills come at a uniform random time in ``(0, duration)`` after
     the child is ready; ``replace_kills`` come right before or after a random one
     of the ``replaces`` commits an uninterrupted run makes. Each rerun resumes
-    from what the killed runs left, as a user rerunning the command would.
+    from what the killed runs left, as a user rerunning the command would. When
+    a run finishes before its kill, ``start_over()`` (if given, for commands
+    that refuse to redo finished work) clears its output for the next one.
     """
     rng = random.Random(seed)
     plan = [("time", round(rng.uniform(0.0, duration), 3)) for _ in range(time_kills)]
@@ -163,6 +165,8 @@ def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, d
             log.landed += 1
         else:
             assert outcome.returncode == 0, f"{command} failed after a crash ({how} {when}):\n{outcome.stderr[-3000:]}"
+            if start_over:
+                start_over()
     log.final = run_child(code, args, workdir)
     assert log.final.returncode == 0, f"{command}: the final rerun failed:\n{log.final.stderr[-3000:]}"
     note("crash", command=command, planned=len(plan), landed=log.landed, seed=seed)

@@ -196,3 +196,64 @@ def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_s
         if finished:
             break
     assert boundary >= 3 and "old" in outcomes and outcomes[-1] == "new"
+
+
+# ---------------------------------------------------------------------- train
+
+TRAIN = textwrap.dedent(
+    """
+    import sys
+    from latentscope.training import train
+    reliability.ready()
+    train(sys.argv[1], sys.argv[2], size=16, width=8, epochs=3, denoiser_epochs=3, batch_size=4, learning_rate=3e-3,
+          patience=0, checkpoint_seconds=0.2, progress=False, device="cpu")
+    """
+)
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds", "train_seconds", "environment")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def model_files(folder: Path) -> dict:
+    """Weights, configs and the training record of a model folder, without the run's timings."""
+    import json
+
+    from safetensors.torch import load_file
+
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.suffix == ".safetensors":
+            files[rel] = {k: v.numpy() for k, v in load_file(str(path)).items()}
+        elif path.suffix == ".json":
+            files[rel] = _without_timings(json.loads(path.read_text()))
+        elif path.is_file():
+            files[rel] = "present"
+    return files
+
+
+@pytest.mark.slow
+def test_train_survives_kill_9_at_random_points(tmp_path):
+    images = make_image_folder(tmp_path / "images", 40)
+    reference, out = tmp_path / "reference", tmp_path / "model"
+    first = run_child(TRAIN, [images, reference], tmp_path / "run")
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    log = crash_sequence("train", TRAIN, [images, out], tmp_path / "run", seed=4, duration=first.work_seconds,
+                         replaces=first.replaces, start_over=lambda: shutil.rmtree(out))
+    assert log.landed >= 10
+    got, want = model_files(out), model_files(reference)
+    assert got.keys() == want.keys() and "vae/diffusion_pytorch_model.safetensors" in got and "README.md" in got
+    for name, value in want.items():
+        if isinstance(value, dict) and name.endswith(".safetensors"):
+            assert got[name].keys() == value.keys()
+            for key in value:
+                np.testing.assert_array_equal(got[name][key], value[key], err_msg=f"{name}: {key}")
+        else:
+            assert got[name] == value, name
+    assert not (out / "checkpoints").exists() and not leftovers(out)
