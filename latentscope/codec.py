@@ -169,6 +169,27 @@ def fingerprint(location: ModelLocation, config: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_scope_model(reference: str | os.PathLike, scope) -> None:
+    """Refuse a ``--model`` other than the one ``scope`` was encoded with (checked without loading its weights).
+
+    The fingerprint covers the config and the weights, not the path, so the same
+    model moved to another folder passes.
+    """
+    recorded = scope.model.get("fingerprint")
+    if not recorded:
+        return
+    location = locate_component(reference, "vae")
+    if fingerprint(location, read_config(location)) != recorded:
+        raise other_model_error(reference, scope)
+
+
+def other_model_error(reference, scope):
+    from .errors import ScopeError
+
+    return ScopeError(f"--model {reference}: another model than the one {scope.path} was encoded with "
+                      f"({scope.model.get('reference')}); its latents only decode with that model")
+
+
 class Codec:
     """A diffusers autoencoder with scaling, device and batching handled in one place.
 

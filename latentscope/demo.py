@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import InputError
 from .runtime import cache_dir
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def run_demo(workdir: str | Path | None = None, retrain: bool = False, device: s
              report: Callable[[str], None] = log.info) -> DemoRun:
     """Run every stage in order, passing each report line to ``report`` as soon as the stage is done."""
     run = DemoRun(Path(workdir).expanduser().resolve() if workdir else default_workdir(), retrain, device, progress)
+    if run.workdir.exists() and not run.workdir.is_dir():
+        raise InputError(f"--workdir {run.workdir}: is a file; give a folder for the demo's images and scope")
     run.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for name, stage in STAGES:

@@ -86,6 +86,10 @@ def diagnose(path: str | os.PathLike, repair: bool = True, model: str | None = N
     except (OSError, ValueError) as exc:
         raise ScopeError(f"{root / META_FILE}: unreadable ({exc}); the scope cannot be repaired without it") from None
 
+    if model:
+        from .codec import check_scope_model
+
+        check_scope_model(model, Scope(root, recover=False))
     _leftovers(root, report, repair)
     scope = Scope(root, recover=repair)  # recovering finishes an interrupted commit
     with scope.locked():  # repairs write where other writers hold the lock too

@@ -286,6 +286,14 @@ def _run_params(codec: Codec, size, resize, background, sample, seed, max_pixels
     }
 
 
+def _check_out(out: Path, allowed: set[str]) -> None:
+    """Refuse an --out that is a file or a folder of other things (a typo must not litter someone's folder)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not Scope.exists(out) and any(p.name not in allowed for p in out.iterdir()):
+        raise InputError(f"--out {out}: folder is not empty and not a scope; give a new or empty folder")
+
+
 def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Path) -> Scope:
     root_record = os.path.relpath(images_root, out) if images_root.is_relative_to(out) else str(images_root)
     if Scope.exists(out):
@@ -293,6 +301,12 @@ def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Pa
         meta = scope.meta
         recorded = meta.get("preprocess", {})
         mismatched = [k for k in ("size", "resize", "background", "sample", "seed", "model_fingerprint") if recorded.get(k) != params[k]]
+        if "model_fingerprint" in mismatched:
+            raise ScopeError(
+                f"{out}: this scope was encoded with another model ({meta.get('model', {}).get('reference')}, "
+                f"fingerprint {recorded.get('model_fingerprint')}), not {codec.reference} ({codec.fingerprint}); "
+                "encode into a new --out folder"
+            )
         if mismatched:
             key = mismatched[0]
             raise ScopeError(
@@ -346,6 +360,7 @@ def encode(
     out = Path(out).expanduser().resolve()
     if isinstance(images, (str, os.PathLike)) and not Path(images).expanduser().exists():
         raise InputError(f"{images}: no such folder")
+    _check_out(out, allowed={"images"} if isinstance(images, np.ndarray) else set())
     codec = model if isinstance(model, Codec) else Codec.from_pretrained(model, device=device, dtype=dtype)
     size = parse_size(size) or codec.image_size
     if size is None:
@@ -359,6 +374,8 @@ def encode(
     if isinstance(images, np.ndarray):
         images = write_array_images(images, out / "images", labels)
     root, found = find_images(images, exclude=[out])
+    if not found and not Scope.exists(out):
+        raise InputError(f"{images}: no image files found")
     params = _run_params(codec, size, resize, background, sample, seed, max_pixels)
     scope = _open_or_create_scope(out, codec, params, root)
     summary = EncodeSummary(scope.path, found=len(found))

@@ -20,6 +20,7 @@ from latentscope.dashboard import create_app  # noqa: E402
 from latentscope.dashboard.figures import OVERLAYS  # noqa: E402
 from latentscope.dashboard.jobs import JobManager  # noqa: E402
 from latentscope.dashboard.security import choose_token, is_loopback  # noqa: E402
+from latentscope.errors import InputError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,9 @@ def test_choose_token():
     assert len(choose_token("0.0.0.0", None, False)) > 20
     warnings = []
     assert choose_token("0.0.0.0", None, True, warnings.append) is None and "WARNING" in warnings[0]
+    assert choose_token("0.0.0.0", "a-long-enough-token", False) == "a-long-enough-token"
+    with pytest.raises(InputError, match="at least 16"):
+        choose_token("0.0.0.0", "short", False)
 
 
 def test_job_manager_runs_reports_and_prunes():

@@ -120,9 +120,13 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
 
 
 def test_refuses_to_overwrite_a_trained_model(tiny_model):
-    out, _ = tiny_model
-    with pytest.raises(InputError, match="already holds a trained model"):
-        train(shapes_array(48), out, **TINY)
+    out, result = tiny_model
+    before = _weights(out, "vae")
+    with pytest.raises(InputError, match="already holds a model trained with other data or settings"):
+        train(shapes_array(48), out, **{**TINY, "learning_rate": 1e-3})
+    again = train(shapes_array(48), out, **TINY)  # the same run again: nothing to do, the stored result
+    assert again.psnr == result.psnr and again.seconds == result.seconds and again.record["identity"] == result.record["identity"]
+    assert all(torch.equal(before[k], v) for k, v in _weights(out, "vae").items())
 
 
 def test_plan_chooses_sizes_from_image_size_and_count():

@@ -71,8 +71,9 @@ def _one_thread_per_request_on_cpu() -> None:
 def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
           debug: bool = False, threads: int = 8, announce=print, **app_options) -> None:
     """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed)."""
-    from .security import choose_token, is_loopback
+    from .security import check_host, choose_token, is_loopback
 
+    check_host(host)
     token = choose_token(host, token, no_auth, announce)
     _one_thread_per_request_on_cpu()
     app = create_app(scope, token=token, **app_options)

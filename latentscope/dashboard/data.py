@@ -38,6 +38,10 @@ class ExplorerData:
 
     def __init__(self, scope: Scope | str | Path, map_name: str | None = None, model: str | None = None, device: str = "auto"):
         self.scope = scope if isinstance(scope, Scope) else Scope(scope)
+        if model:
+            from ..codec import check_scope_model
+
+            check_scope_model(model, self.scope)
         self.model_reference = model or self.scope.model.get("reference")
         self.device = device
         self._model_lock = threading.Lock()

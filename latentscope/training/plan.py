@@ -46,6 +46,15 @@ def _epochs_for(examples_seen: int, count: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(examples_seen / max(1, count)))))
 
 
+LIMITS = {"epochs": 100_000, "denoiser_epochs": 100_000, "batch_size": 65_536, "width": 1024}
+
+
+def _check_limits(**values) -> None:
+    for name, value in values.items():
+        if value is not None and not 1 <= value <= LIMITS[name]:
+            raise InputError(f"{name.replace('_', ' ')} {value}: must be between 1 and {LIMITS[name]:,}")
+
+
 def make_plan(
     size: tuple[int, int],
     train_count: int,
@@ -57,6 +66,9 @@ def make_plan(
     denoiser_epochs: int | None = None,
     width: int | None = None,
 ) -> Plan:
+    _check_limits(epochs=epochs, denoiser_epochs=denoiser_epochs, batch_size=batch_size, width=width)
+    if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
+        raise InputError(f"learning rate {learning_rate}: must be above 0 and at most 1")
     side = min(size)
     downscale = downscale or (4 if side <= 64 else 8)
     if downscale not in (2, 4, 8, 16):
