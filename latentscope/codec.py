@@ -61,7 +61,8 @@ def locate_component(reference: str | os.PathLike, component: str = "vae") -> Mo
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX):]
         folder = BUILTIN_ROOT / name
-        if not folder.is_dir():
+        plain = name.replace("-", "").replace("_", "").isalnum()  # a built-in name is a word, never a path
+        if not plain or not folder.is_dir():
             known = ", ".join(BUILTIN_PREFIX + n for n in builtin_models()) or "none installed"
             raise ModelError(f"--model {ref}: no built-in model of that name (known: {known})")
         return _locate_local(ref, folder, component)

@@ -271,6 +271,21 @@ class Scope:
             raise ScopeError(f"{self.path}: manifest path {match.iloc[0]!r} escapes the image folder")
         return path
 
+    def inside(self, *parts: str, what: str = "path") -> Path:
+        """``self.path / parts`` for names read from the scope's own files, refusing any that leave the scope.
+
+        ``scope.json`` and the commit markers may come from someone else: an
+        absolute path, a ``..`` or a symbolic link out of the folder is refused.
+        """
+        relative = Path(*(str(p) for p in parts))
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ScopeError(f"{self.path}: {what} {str(relative)!r} escapes the scope folder; the scope was tampered with")
+        path = self.path / relative
+        resolved = path.resolve()
+        if resolved != self.path and self.path not in resolved.parents:
+            raise ScopeError(f"{self.path}: {what} {str(relative)!r} leads out of the scope folder (a link to {resolved})")
+        return path
+
     def thumb_path(self, image_id: int) -> Path:
         return self.path / "thumbs" / f"{int(image_id)}.jpg"
 
@@ -298,6 +313,8 @@ class Scope:
     def _roll_forward(self, marker: Path) -> None:
         plan = read_json(marker)
         for name, final in ((plan["latents"], LATENTS_FILE), (plan["manifest"], MANIFEST_FILE)):
+            if name != final + NEXT_SUFFIX:  # the marker is read from disk: it names nothing else
+                raise ValueError(f"it names {name!r}, not {final + NEXT_SUFFIX}")
             source = self.path / name
             if source.exists():
                 os.replace(source, self.path / final)
@@ -321,8 +338,8 @@ class Scope:
                 else:
                     self._roll_forward_table(marker)
                 log.info("%s: finished an interrupted commit (%s)", self.path, marker.name)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ScopeError(f"{marker}: unreadable commit marker ({exc}); run 'latentscope doctor'") from None
+            except (OSError, ValueError, KeyError, TypeError, ScopeError) as exc:
+                raise ScopeError(f"{marker}: unreadable or tampered commit marker ({exc}); move it away to open the scope") from None
         for leftover in uncommitted_files(self.path, TMP_SUFFIX):  # their writers held the lock, so they are dead
             leftover.unlink(missing_ok=True)
 

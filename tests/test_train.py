@@ -176,7 +176,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, tiny_model):
     images = make_image_folder(tmp_path / "imgs", 6)
     code, err = _cli(capsys, "train", str(images), "--out", str(tmp_path / "m"), "--val-fraction", "1.5")
     assert code == 2 and len(err.splitlines()) == 1 and "validation fraction" in err
-    code, err = _cli(capsys, "train", str(images), "--out", str(tiny_model[0]))
+    code, err = _cli(capsys, "-q", "train", str(images), "--out", str(tiny_model[0]))  # refused after loading the images
     assert code == 2 and len(err.splitlines()) == 1 and "--overwrite" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(images), "--out", str(tmp_path / "m"), "--downscale", "3"])
