@@ -48,7 +48,12 @@ reliability.arm()
 
 
 def note(kind: str, **fields) -> None:
-    """Record one event for the reliability benchmark (a no-op unless LATENTSCOPE_RELIABILITY_LOG is set)."""
+    """Record one event for the reliability benchmark (a no-op unless LATENTSCOPE_RELIABILITY_LOG is set).
+
+    Kinds and their fields: ``bad-input`` (what, variant, count), ``untrusted`` (what), ``traversal`` (where,
+    attempt), ``crash`` (command, planned, landed), ``crash-boundaries`` (command, boundaries, mixed),
+    ``full-disk`` (command), ``request-size`` (bytes, status), ``escaping`` (where).
+    """
     path = os.environ.get(LOG_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as handle:

@@ -210,4 +210,4 @@ def test_refused_with_one_line_exit_2_and_nothing_written(world, case, command, 
     assert len(err.splitlines()) == 1, f"{case}: not one line:\n{err}"
     assert pattern.lower() in err.lower(), f"{case}: {err!r} does not name the problem ({pattern!r})"
     assert snapshot(world) == before, f"{case}: the command wrote into the world"
-    note("bad-input", what="cli argument", command=argv[0], case=case)
+    note("bad-input", what="command line", variant=f"latentscope {argv[0]}")

@@ -25,7 +25,7 @@ from latentscope.ingest import encode
 from latentscope.scope import Scope
 
 from conftest import make_image_folder
-from reliability import crash_sequence, leftovers, run_child
+from reliability import crash_sequence, leftovers, note, run_child
 
 ENCODE = textwrap.dedent(
     """
@@ -82,6 +82,7 @@ def test_full_disk_during_commit_leaves_scope_as_it_was(tmp_path, kl_folder, mon
     assert not list(out.rglob("*.tmp"))
     summary = encode(images, kl_folder, out, progress=False, device="cpu")  # resumes from the checkpoints
     assert summary.encoded == 9 and len(Scope(out).latents()) == 15
+    note("full-disk", command="encode", survived=True)
 
 
 # ---------------------------------------------------------------------- project
@@ -196,6 +197,7 @@ def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_s
         if finished:
             break
     assert boundary >= 3 and "old" in outcomes and outcomes[-1] == "new"
+    note("crash-boundaries", command="project over an old map", boundaries=boundary - 1, mixed=0)
 
 
 # ---------------------------------------------------------------------- train
