@@ -460,8 +460,6 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     is_ok = merged["status"] == "ok"
     merged["row"] = -1
     merged.loc[is_ok, "row"] = np.arange(int(is_ok.sum()))
-    latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
-
     summary.encoded = int(((fresh["status"] == "ok") & (fresh["reuse_row"] < 0)).sum())
     summary.reused = int(((fresh["status"] == "ok") & (fresh["reuse_row"] >= 0)).sum())
     failed = fresh[fresh["status"] != "ok"]
@@ -469,7 +467,9 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     summary.reasons = Counter(_reason_kind(e) for e in failed["error"])
 
     keep = [c for c in merged.columns if c not in ("source", "source_shard", "source_row", "shard", "shard_row", "reuse_row")]
-    scope.commit(normalise_manifest(merged[keep]), latents_next)
+    with scope.locked():  # a scope opened meanwhile must not take latents.npy.next for a leftover
+        latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
+        scope.commit(normalise_manifest(merged[keep]), latents_next)
     scope.clear_partial("encode")
 
 
