@@ -142,6 +142,20 @@ def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint:
         return index, key, False
 
 
+def map_is_current(scope, name: str = "default") -> bool:
+    """True when map ``name`` exists and was made from exactly the images the scope holds now."""
+    scope = _open(scope)
+    entry = scope.meta.get("maps", {}).get(name)
+    if not entry or "index" not in entry or not (scope.path / INDEX_DIR / entry["index"] / INDEX_FILE).exists():
+        return False
+    try:
+        scope.read_map(name)
+    except (OSError, ScopeError):
+        return False
+    _, _, _, fingerprint = training_set(scope)
+    return entry["index"].endswith(fingerprint[:16])
+
+
 def prune_indexes(scope: Scope) -> list[str]:
     """Delete cached indexes that no map refers to and that are stale (their images changed)."""
     root = scope.path / INDEX_DIR
