@@ -18,6 +18,7 @@ recorded with its reason, exactly as locally.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -95,61 +96,129 @@ def actor_resources(device: str, actors: int | None) -> tuple[int, dict]:
     return actors or max(1, cpus), {"num_cpus": 1 - READ_SHARE}
 
 
-# --------------------------------------------------------------------------- read tasks
+# --------------------------------------------------------------------------- a stage on Ray: read tasks, then model actors
 
 
-def _read_group(row: dict, params: dict, thumbnails: bool, file_timeout: float | None) -> dict:
-    """Ray task: read, hash, validate and resize the files of one batch (previews kept as bytes)."""
-    tasks: list[ReadTask] = pickle.loads(row["tasks"])
+class ModelActor:
+    """Base of the model actors: a subclass loads its model in ``__init__`` (once per actor), sets ``device``
+    and implements ``process(value)`` for the value one read task produced."""
+
+    device = "cpu"
+
+    def process(self, value):
+        raise NotImplementedError
+
+    def __call__(self, batch: dict) -> dict:
+        results = [pickle.dumps((self.process(pickle.loads(blob)), self.device), protocol=5) for blob in batch["data"]]
+        return {"group": batch["group"], "result": np.array(results, dtype=object)}
+
+
+def _read_row(row: dict, read) -> dict:
+    """Ray task: ``read`` one group's payload (files to pixels, ...), for the model actors."""
+    return {"group": row["group"], "data": pickle.dumps(read(pickle.loads(row["payload"])), protocol=5)}
+
+
+class RayStage:
+    """Run ``read`` over payloads in Ray tasks and ``actor_class(**actor_kwargs).process`` over what they read
+    in a pool of actors; :meth:`results` yields the actors' results as they arrive (in no fixed order)."""
+
+    def __init__(self, read, actor_class: type, actor_kwargs: dict, *, device: str = "auto", actors: int | None = None,
+                 address: str | None = None):
+        if actors is not None and actors < 1:
+            raise InputError(f"--ray-actors {actors}: must be at least 1")
+        self.read = read
+        self.actor_class = actor_class
+        self.actor_kwargs = actor_kwargs
+        self.device = device
+        self.actors = actors
+        self.address = address
+        self.devices: set[str] = set()
+        self.pool: tuple[int, dict] | None = None
+
+    @property
+    def description(self) -> str:
+        if self.pool is None:
+            return "ray"
+        where = ", ".join(sorted(self.devices)) or "none used"
+        return f"ray: {self.pool[0]} model actors ({where})"
+
+    def dataset(self, payloads: list):
+        """The lazy Ray dataset: one row per payload, read tasks, then the model actor pool."""
+        count, resources = self.pool = actor_resources(self.device, self.actors)
+        rows = [{"group": i, "payload": pickle.dumps(payload, protocol=5)} for i, payload in enumerate(payloads)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+        ds = ds.map(_read_row, fn_kwargs={"read": self.read}, num_cpus=READ_SHARE if "num_gpus" not in resources else 1)
+        return ds.map_batches(
+            self.actor_class, fn_constructor_kwargs=self.actor_kwargs, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=count), **resources,
+        )
+
+    def results(self, payloads: list) -> Iterator:
+        if not payloads:
+            return
+        with ray_session(self.address), quiet_data_context():
+            for row in self.dataset(payloads).iter_rows():
+                result, device = pickle.loads(row["result"])
+                self.devices.add(device)
+                yield result
+
+
+def model_reference(codec) -> str:
+    """How actors on other processes (and nodes) load the driver's model: its reference, local folders made absolute."""
+    if not codec.reference:
+        raise InputError("the ray engine loads the model on every worker: give the model as a folder or hub id, "
+                         "not an in-memory Codec")
+    reference = codec.reference
+    if not reference.startswith("builtin:") and os.path.exists(os.path.expanduser(reference)):
+        reference = os.path.abspath(os.path.expanduser(reference))
+    return reference
+
+
+def load_codec(reference: str, fingerprint: str, device: str, dtype: str):
+    """The model in an actor, checked to be the driver's."""
+    from ..codec import Codec
+
+    codec = Codec.from_pretrained(reference, device=device, dtype=dtype)
+    if fingerprint and codec.fingerprint != fingerprint:
+        raise ModelError(
+            f"--model {reference}: the copy on Ray node {ray.util.get_node_ip_address()} differs from the driver's "
+            f"(fingerprint {codec.fingerprint} != {fingerprint}); give every node the same model files"
+        )
+    return codec
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _read_group(tasks: list[ReadTask], params: dict, thumbnails: bool, file_timeout: float | None) -> list[ReadItem]:
+    """Read, hash, validate and resize the files of one batch (previews kept as bytes for the driver)."""
     preparer = Preparer(params, {}, thumbnails, thumb_dir=None)
     loader = PrefetchLoader(
         tasks, preparer.prepare, len(tasks), workers=min(LOADER_THREADS, len(tasks)),
         timeout=file_timeout, on_timeout=preparer.timed_out,
     )
-    items = next(iter(loader))
-    return {"group": row["group"], "items": pickle.dumps(items, protocol=5)}
+    return next(iter(loader))
 
 
-# --------------------------------------------------------------------------- model actors
-
-
-class _EncodeActor:
-    """Ray actor: loads the model once, then encodes batch after batch."""
+class _EncodeActor(ModelActor):
+    """Loads the model once, then encodes batch after batch."""
 
     def __init__(self, reference: str, fingerprint: str, device: str, dtype: str, tiling: bool, params: dict,
-                 known: dict, thumbnails: bool, threads: int | None):
-        import torch
-
-        from ..codec import Codec
+                 known: dict, thumbnails: bool):
         from ..ingest import _Encoder
 
-        if threads:
-            torch.set_num_threads(threads)
-        codec = Codec.from_pretrained(reference, device=device, dtype=dtype)
-        if fingerprint and codec.fingerprint != fingerprint:
-            raise ModelError(
-                f"--model {reference}: the copy on Ray node {ray.util.get_node_ip_address()} differs from the driver's "
-                f"(fingerprint {codec.fingerprint} != {fingerprint}); give every node the same model files"
-            )
+        codec = load_codec(reference, fingerprint, device, dtype)
         if tiling:
             codec.enable_tiling()
         self.encoder = _Encoder(codec, params["sample"], params["seed"])
         self.reuser = Preparer(params, known, thumbnails, thumb_dir=None)
         self.device = str(codec.device)
 
-    def __call__(self, batch: dict) -> dict:
-        results = []
-        for blob in batch["items"]:
-            items: list[ReadItem] = pickle.loads(blob)
-            for item in items:
-                if item.pixels is not None:
-                    self.reuser.reuse(item)  # same content already in the scope: no need to encode it again
-            latents = self.encoder.encode_batch(*self.encoder.collate(items))
-            results.append(pickle.dumps((items, latents, self.device), protocol=5))
-        return {"group": batch["group"], "result": np.array(results, dtype=object)}
-
-
-# --------------------------------------------------------------------------- the driver
+    def process(self, items: list[ReadItem]) -> tuple[list[ReadItem], np.ndarray | None]:
+        for item in items:
+            if item.pixels is not None:
+                self.reuser.reuse(item)  # same content already in the scope: no need to encode it again
+        return items, self.encoder.encode_batch(*self.encoder.collate(items))
 
 
 class RayEncodeRun:
@@ -157,70 +226,24 @@ class RayEncodeRun:
 
     def __init__(self, codec, params: dict, known: dict, thumbnails: bool, *, device: str = "auto",
                  dtype: str = "auto", tiling: bool = False, file_timeout: float | None = None,
-                 address: str | None = None, actors: int | None = None, thumb_dir: Path | None = None,
-                 threads_per_actor: int | None = None):
-        if not codec.reference:
-            raise InputError("the ray engine loads the model on every worker: give the model as a folder or hub id, "
-                             "not an in-memory Codec")
-        reference = codec.reference
-        if not reference.startswith("builtin:") and os.path.exists(os.path.expanduser(reference)):
-            reference = os.path.abspath(os.path.expanduser(reference))
-        self.reference = reference
-        self.fingerprint = codec.fingerprint
-        self.params = params
-        self.known = known
-        self.thumbnails = thumbnails
-        self.device = device
-        self.dtype = dtype
-        self.tiling = tiling
-        self.file_timeout = file_timeout
-        self.address = address
-        self.actors = actors
+                 address: str | None = None, actors: int | None = None, thumb_dir: Path | None = None):
+        read = functools.partial(_read_group, params=params, thumbnails=thumbnails, file_timeout=file_timeout)
+        actor_kwargs = {"reference": model_reference(codec), "fingerprint": codec.fingerprint, "device": device,
+                        "dtype": dtype, "tiling": tiling, "params": params, "known": known, "thumbnails": thumbnails}
+        self.stage = RayStage(read, _EncodeActor, actor_kwargs, device=device, actors=actors, address=address)
         self.thumb_dir = thumb_dir
-        self.threads_per_actor = threads_per_actor
-        self.devices: set[str] = set()
-        self.pool: tuple[int, dict] | None = None
 
     @property
     def device_description(self) -> str:
-        if self.pool is None:
-            return "ray"
-        count, resources = self.pool
-        where = ", ".join(sorted(self.devices)) or "none used"
-        return f"ray: {count} model actors ({where})"
-
-    def dataset(self, groups: list[list[ReadTask]]):
-        """The lazy Ray dataset: read tasks, then the model actor pool."""
-        count, resources = self.pool = actor_resources(self.device, self.actors)
-        rows = [{"group": i, "tasks": pickle.dumps(group, protocol=5)} for i, group in enumerate(groups)]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        ds = ds.map(
-            _read_group, fn_kwargs={"params": self.params, "thumbnails": self.thumbnails, "file_timeout": self.file_timeout},
-            num_cpus=READ_SHARE if "num_gpus" not in resources else 1,
-        )
-        return ds.map_batches(
-            _EncodeActor,
-            fn_constructor_kwargs={
-                "reference": self.reference, "fingerprint": self.fingerprint, "device": self.device, "dtype": self.dtype,
-                "tiling": self.tiling, "params": self.params, "known": self.known, "thumbnails": self.thumbnails,
-                "threads": self.threads_per_actor,
-            },
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=count),
-            **resources,
-        )
+        return self.stage.description
 
     def batches(self, groups: list[list[ReadTask]]) -> Iterator[tuple[list[ReadItem], np.ndarray | None]]:
-        if not groups:
-            return
-        if self.thumb_dir is not None:
+        if self.thumb_dir is not None and groups:
             self.thumb_dir.mkdir(parents=True, exist_ok=True)
-        with ray_session(self.address), quiet_data_context():
-            for row in self.dataset(groups).iter_rows():
-                items, latents, device = pickle.loads(row["result"])
-                self.devices.add(device)
-                if self.thumb_dir is not None:
-                    for item in items:
-                        if item.thumbnail:
-                            write_cache_file(self.thumb_dir / f"{item.task.id}.jpg", item.thumbnail)
-                            item.thumbnail = b""
-                yield items, latents
+        for items, latents in self.stage.results(groups):
+            if self.thumb_dir is not None:
+                for item in items:
+                    if item.thumbnail:
+                        write_cache_file(self.thumb_dir / f"{item.task.id}.jpg", item.thumbnail)
+                        item.thumbnail = b""
+            yield items, latents
