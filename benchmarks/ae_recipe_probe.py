@@ -37,7 +37,9 @@ if a.report:
     rows = [json.loads(line) for line in STORE.read_text().splitlines() if line.strip()]
     md = ["### Autoencoder recipe probes (issue 3)", "", f"Command: `python benchmarks/ae_recipe_probe.py ...` (one line per run), {machine_line()}.",
           "Each run used 1 torch thread; the runs shared the 2 cores with up to 10 other processes (load average 8-13), so ms/image is",
-          "inflated several times and only comparable between rows run together. A final value marked EMA is that of the weights' EMA (decay 0.995).", "",
+          "inflated several times and only comparable between rows run together. A final value marked EMA is that of the weights' EMA (decay 0.995).",
+          "The colour rows of the Training (issue 3) section were measured before these probes (L1 + MSE loss, no channels-last).",
+          "None of these short runs comes near the issue's target (PCA + 3 dB); see the module doc of latentscope/training/plan.py.", "",
           "| tag | set | widths | latent | batch | peak lr | loss | norm groups | steps (images) | held-out PSNR along the run | final | PCA same code | margin | ms/image |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
