@@ -64,9 +64,16 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+LOSS_NAME = "MSE"
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 (sharp edges, robust early on) plus MSE (what PSNR measures)."""
-    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+    """Mean squared error (what PSNR measures).
+
+    Measured on held-out colour icons at 32 px, (16, 32, 64) widths, batch 8, 800 steps: MSE alone
+    reached 19.2 dB where L1 + MSE reached 18.1 dB half-way, 20.3 vs 20.1 dB at the end (benchmarks/RESULTS.md).
+    """
+    return F.mse_loss(reconstruction, target)
 
 
 def make_step(vae, pixels: torch.Tensor, kl_weight: float = KL_WEIGHT, device: torch.device | str = "cpu"):
