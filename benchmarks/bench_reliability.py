@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # the live-server helper the tests use
 from results import command_line, machine_line, write_section  # noqa: E402
 
 TEST_FILES = {
@@ -82,10 +83,13 @@ def live_server(scope: Path, folder: Path, clients: int, seconds: float) -> dict
     import pandas as pd
     import psutil
 
-    from latentscope.dashboard.loadtest import drive, probe, refused, running_server
+    from latentscope.dashboard.loadtest import drive, probe, refused
+    from servers import free_port, live_server
 
     ids = pd.read_parquet(scope / "maps" / "default.parquet")["id"].tolist()
-    with running_server(scope, folder / "server.log") as (base, process):
+    port = free_port()
+    with live_server(["serve", str(scope), "--port", str(port), "--device", "cpu", "-q"], port,
+                     folder / "server.log") as (base, process):
         answers = probe(base)
         drive(base, ids, clients=4, seconds=5)  # warm up: models loaded, caches filled
         server = psutil.Process(process.pid)

@@ -6,17 +6,20 @@ import pandas as pd
 import psutil
 import pytest
 
-from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS, drive, probe, refused, running_server
+from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS, drive, probe, refused
 
 from reliability import note
+from servers import free_port, live_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def server(explorer_scope, tmp_path):
-    with running_server(explorer_scope, tmp_path / "server.log") as (base, process):
-        yield base, process
+    port = free_port()
+    args = ["serve", str(explorer_scope), "--port", str(port), "--device", "cpu", "-q"]
+    with live_server(args, port, tmp_path / "server.log") as running:
+        yield running
 
 
 def test_traversal_attempts_on_a_live_server_are_refused(server):

@@ -17,7 +17,8 @@ from latentscope.training import load_images, make_plan, train
 from latentscope.training.loop import learning_rate_at
 from latentscope.training.metrics import psnr, ssim
 
-TINY = dict(size=16, width=8, epochs=4, denoiser_epochs=4, batch_size=4, learning_rate=3e-3, progress=False, patience=0)
+# 6 autoencoder epochs (60 steps): with the MSE loss, 4 were too few for a clear PSNR gain on these shapes
+TINY = dict(size=16, width=8, epochs=6, denoiser_epochs=4, batch_size=4, learning_rate=3e-3, progress=False, patience=0)
 
 
 def shapes_array(n: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_losses_fall_and_validation_improves(tiny_model):
     out, result = tiny_model
     record = json.loads((out / "training.json").read_text())
     ae, dn = record["autoencoder"]["history"], record["denoiser"]["history"]
-    assert len(ae) == 4 and len(dn) == 4
+    assert len(ae) == 6 and len(dn) == 4
     assert ae[-1]["train_loss"] < 0.95 * ae[0]["train_loss"]
     assert ae[-1]["psnr"] > ae[0]["psnr"]
     assert min(h["train_loss"] for h in dn[1:]) < dn[0]["train_loss"]

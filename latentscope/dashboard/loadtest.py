@@ -7,21 +7,15 @@ only to the given loopback URL; every loop is bounded in time and count.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import random
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 #: Paths that try to reach files outside what the explorer serves: raw, percent-encoded, double-encoded,
 #: overlong UTF-8, backslashes, NUL bytes, absolute paths, and ids that are not in the manifest.
@@ -77,40 +71,6 @@ def probe(base: str, paths=TRAVERSAL_ATTEMPTS) -> dict[str, tuple[int, bytes]]:
 def refused(status: int, body: bytes) -> bool:
     """A traversal attempt is refused when it gets a 4xx and nothing that looks like a system or scope file."""
     return 400 <= status < 500 and b"root:" not in body and b'"format"' not in body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(scope, log_path: Path, *extra: str, timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``latentscope serve SCOPE`` on a free loopback port in a child process; yields (base URL, process)."""
-    port = free_port()
-    with open(log_path, "wb") as log:  # a pipe nobody reads would fill up and block the server
-        process = subprocess.Popen([sys.executable, "-m", "latentscope", "serve", str(scope), "--port", str(port),
-                                    "--device", "cpu", "-q", *extra], stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    urllib.request.urlopen(base + "_dash-layout", timeout=5)
-                    break
-                except OSError:
-                    if process.poll() is not None:
-                        raise RuntimeError(f"the server exited: {Path(log_path).read_text()[-2000:]}") from None
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the server did not start in time") from None
-                    time.sleep(0.3)
-            yield base, process
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-import numpy as np
 
 
 @dataclass

@@ -47,7 +47,7 @@ __all__ = ["train", "TrainResult", "make_plan", "load_images"]
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
 REMOVED_CHECKPOINTS = ".checkpoints.removed"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
 
 
 @dataclass
@@ -313,6 +313,7 @@ def _record(out, name, command, data: TrainingImages, train_idx, val_idx, plan: 
         "plan": {**dataclasses.asdict(plan), "latent_shape": list(plan.latent_shape)},
         "seed": seed,
         "kl_weight": ae_phase.KL_WEIGHT,
+        "loss": ae_phase.LOSS_NAME,
         "autoencoder": {**dataclasses.asdict(ae_result), "metrics": ae_metrics,
                         "parameters": sum(p.numel() for p in vae.parameters()),
                         "scaling_factor": vae.config.scaling_factor, "shift_factor": vae.config.shift_factor},
