@@ -117,6 +117,9 @@ CASES = [
     ("encode: size off the model grid", "encode {w}/images --model {w}/model-a --out {w}/new --size 33", "multiple"),
     ("encode: bad background", "encode {w}/images --model {w}/model-a --out {w}/new --background notacolour", "background"),
     ("encode: zero max pixels", "encode {w}/images --model {w}/model-a --out {w}/new --max-pixels 0", "at least 1"),
+    ("encode: unknown engine", "encode {w}/images --model {w}/model-a --out {w}/new --engine spark", "invalid choice"),
+    ("encode: zero ray actors", "encode {w}/images --model {w}/model-a --out {w}/new --engine ray --ray-actors 0",
+     "at least 1"),
     # project
     ("project: scope missing", "project {w}/missing", "not a scope"),
     ("project: scope is a file", "project {w}/notes.txt", "not a scope"),
@@ -133,6 +136,8 @@ CASES = [
     ("project: unknown warm start", "project {w}/scope --warm-start nope", "nope"),
     ("project: add-new without the map", "project {w}/scope --add-new --name nope", "nope"),
     ("project: zero quality sample", "project {w}/scope --quality-sample 0", "at least 1"),
+    ("project: zero sample size", "project {w}/scope --sample-size 0", "at least 1"),
+    ("project: negative sample threshold", "project {w}/scope --sample-threshold -5", "at least 1"),
     # walk
     ("walk: scope missing", "walk {w}/missing --from 0 --to 1 --out {w}/new.gif", "not a scope"),
     ("walk: unknown id", "walk {w}/scope --from 0 --to 99999 --out {w}/new.gif", "99999"),
