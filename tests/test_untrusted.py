@@ -337,3 +337,22 @@ def test_hostile_names_render_as_text_in_the_browser(dash_duo, hostile_scope):
     assert HOSTILE_LABEL in dash_duo.find_element(".facts-table").text
     assert not dash_duo.driver.find_elements("css selector", ".facts-table img, .facts-table svg, #map .legend img")
     note("escaping", where="inspect panel and legend in Chromium", names=2, executed=False)
+
+
+@pytest.mark.parametrize("key,value", [("maps", "../../../../etc/hostname"), ("maps", "/etc/hostname"),
+                                       ("calibration", "../latents.npy")])
+def test_score_file_entries_cannot_escape_the_scope(scope_path, key, value):
+    """scope.json names each score's heatmap and calibration files; a tampered name must not be followed."""
+    pytest.importorskip("latentscope.anomaly")
+    import pandas as pd
+
+    from latentscope.anomaly import Heatmaps
+
+    scope = Scope(scope_path)
+    ids = scope.ok_manifest()["id"]
+    scope.write_scores("tampered", pd.DataFrame({"id": ids, "score": np.zeros(len(ids))}), {"method": "diffusion"},
+                       files={key: value})
+    with pytest.raises(ScopeError, match="scope folder"):
+        heatmaps = Heatmaps(scope_path, "tampered")
+        heatmaps.error_map(int(ids.iloc[0]))
+    note("traversal", where="scope.json score files", attempt=value, refused=True)
