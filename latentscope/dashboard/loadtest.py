@@ -17,6 +17,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+import numpy as np
+
 #: Paths that try to reach files outside what the explorer serves: raw, percent-encoded, double-encoded,
 #: overlong UTF-8, backslashes, NUL bytes, absolute paths, and ids that are not in the manifest.
 TRAVERSAL_ATTEMPTS = (
