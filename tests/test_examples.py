@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -40,3 +42,11 @@ def test_project_map_example(tmp_path, kl_folder):
     assert "map 'default': 150 points in 2-D" in out and "second map: graph reused: True" in out
     assert "walk across the map:" in out and "trustworthiness (k=10)" in out
     assert (tmp_path / "map_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_ray_encode_example(tmp_path):
+    pytest.importorskip("ray")
+    out = run_example("ray_encode.py", "--out", str(tmp_path / "scope"))
+    assert "found 64 image files: 64 encoded" in out and "ray: 2 model actors (cpu)" in out
+    assert "same manifest as the local engine: True" in out
