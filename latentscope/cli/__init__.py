@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import LatentscopeError
 
-SUBCOMMANDS = ("encode", "train", "demo")
+SUBCOMMANDS = ("encode", "train", "score", "eval-anomaly", "demo")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
