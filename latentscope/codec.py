@@ -93,11 +93,9 @@ def _locate_local(ref: str, folder: Path, component: str) -> ModelLocation:
 
 
 def _locate_hub(ref: str, component: str) -> ModelLocation:
-    from diffusers import ConfigMixin
-
     for subfolder in (component, None):
         try:
-            ConfigMixin.load_config(ref, subfolder=subfolder)
+            _hub_config(ref, subfolder)
             return ModelLocation(ref, ref, subfolder, False)
         except Exception as exc:  # network, missing file, gated repo ...
             last = exc
@@ -107,16 +105,21 @@ def _locate_hub(ref: str, component: str) -> ModelLocation:
     )
 
 
-def read_config(location: ModelLocation) -> dict:
-    from diffusers import ConfigMixin
+def _hub_config(repo_id: str, subfolder: str | None) -> dict:
+    from huggingface_hub import hf_hub_download
 
+    path = hf_hub_download(repo_id, "config.json", subfolder=subfolder)
+    return json.loads(Path(path).read_text())
+
+
+def read_config(location: ModelLocation) -> dict:
     if location.is_local:
         path = Path(location.source, location.subfolder or "", "config.json")
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: unreadable model config ({exc})") from None
-    return dict(ConfigMixin.load_config(location.source, subfolder=location.subfolder))
+    return _hub_config(location.source, location.subfolder)
 
 
 def model_class(config: dict, location: ModelLocation, kind: str = "autoencoder"):

@@ -47,6 +47,7 @@ from .scope import LATENTS_FILE, NEXT_SUFFIX, Scope, normalise_manifest
 log = logging.getLogger(__name__)
 
 CHECKPOINT_IMAGES = 1024
+TILING_AUTO_SIDE = 1024  # larger images are encoded tile by tile so memory stays bounded
 CHECKPOINT_SECONDS = 30.0
 COPY_CHUNK = 4096
 NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
@@ -323,6 +324,7 @@ def encode(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     file_timeout: float | None = 120.0,
     labels: Sequence | None = None,
+    tiling: bool | None = None,
     checkpoint_images: int = CHECKPOINT_IMAGES,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress: bool = True,
@@ -332,7 +334,8 @@ def encode(
     ``images`` is a folder (searched recursively), a list of files, or an
     in-memory array N x H x W [x C] (written as PNG files under ``out/images``).
     ``model`` is a model reference (see :mod:`latentscope.codec`) or a loaded
-    :class:`Codec`. Returns an :class:`EncodeSummary`.
+    :class:`Codec`. ``tiling`` encodes large images tile by tile (default: on above
+    1024 pixels a side). Returns an :class:`EncodeSummary`.
     """
     if batch_size < 1:
         raise InputError(f"batch size {batch_size}: must be at least 1")
@@ -349,6 +352,8 @@ def encode(
         raise InputError(f"model {codec.reference}: its config has no sample_size; give the image size with --size")
     latent_shape = codec.latent_shape(size)
     background = parse_background(background)
+    if tiling or (tiling is None and max(size) > TILING_AUTO_SIDE):
+        codec.enable_tiling()
     started = time.perf_counter()
 
     if isinstance(images, np.ndarray):

@@ -21,6 +21,48 @@ R = TypeVar("R")
 _END = object()
 
 
+class DaemonThreadPool:
+    """A minimal thread pool whose threads are daemons, so a task stuck in C code cannot block the process exit.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit; a decoder that hangs would
+    then hang latentscope too. A task that outlives its time limit is abandoned and a fresh thread takes its place.
+    """
+
+    def __init__(self, workers: int, name: str = "latentscope-load"):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        for _ in range(workers):
+            self.add_worker()
+
+    def add_worker(self) -> None:
+        thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            future, fn, arg = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(arg))
+            except BaseException as exc:  # delivered to whoever waits on the future
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable, arg) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self._tasks.put((future, fn, arg))
+        return future
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
 def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
@@ -68,17 +110,18 @@ class PrefetchLoader(Generic[T, R]):
         lower_thread_priority()
         return self.work(task)
 
-    def _result(self, task: T, future: cf.Future) -> R:
+    def _result(self, task: T, future: cf.Future, pool: DaemonThreadPool) -> R:
         try:
             return future.result(timeout=self.timeout)
         except cf.TimeoutError:
             if self.on_timeout is None:
                 raise
-            future.cancel()
+            if not future.cancel():  # already running: that thread is stuck, so add one in its place
+                pool.add_worker()
             return self.on_timeout(task)
 
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
-        pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="latentscope-load")
+        pool = DaemonThreadPool(self.workers)
         try:
             pending: deque = deque()
             source: Iterator[T] = iter(self.tasks)
@@ -97,7 +140,7 @@ class PrefetchLoader(Generic[T, R]):
                 results = []
                 while pending and len(results) < self.batch_size:
                     task, future = pending.popleft()
-                    results.append(self._result(task, future))
+                    results.append(self._result(task, future, pool))
                     refill()
                 batch = self.collate(results)
                 while not stop.is_set():
@@ -110,7 +153,7 @@ class PrefetchLoader(Generic[T, R]):
         except BaseException as exc:  # handed to the consumer, raised there
             out.put(exc)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
     def __iter__(self) -> Iterator[object]:
         out: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)

@@ -100,13 +100,14 @@ def check_name(name: str, what: str) -> str:
 class Scope:
     """A scope directory. Open an existing one with ``Scope(path)``; make one with :meth:`create`."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, recover: bool = True):
         self.path = Path(path).expanduser().resolve()
         if not (self.path / META_FILE).is_file():
             raise ScopeError(f"{self.path}: not a scope (no {META_FILE}); create one with 'latentscope encode'")
         self._manifest: pd.DataFrame | None = None
         self._latents: np.ndarray | None = None
-        self.recover()
+        if recover:
+            self.recover()
 
     @classmethod
     def create(cls, path: str | os.PathLike, meta: dict) -> "Scope":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,44 @@ def make_image_folder(folder: Path, n: int, seed: int = 0, classes=("a", "b"), f
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images", 24)
+
+
+def write_test_map_and_scores(scope_path: Path, with_scores: bool = True) -> None:
+    """A map (PCA of the latents; the dashboard only reads x, y) and a score per image, for dashboard tests."""
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    from latentscope.scope import Scope
+
+    scope = Scope(scope_path)
+    ok = scope.ok_manifest()
+    flat = np.asarray(scope.latents(), np.float32).reshape(len(ok), -1)
+    xy = PCA(n_components=2, random_state=0).fit_transform(flat)
+    scope.write_map("default", pd.DataFrame({"id": ok["id"], "x": xy[:, 0], "y": xy[:, 1]}), {"method": "pca-for-tests"})
+    if with_scores:
+        score = np.linalg.norm(flat - flat.mean(0), axis=1)
+        scope.write_scores("default", pd.DataFrame({"id": ok["id"], "score": score}), {"method": "norm-for-tests"})
+
+
+@pytest.fixture(scope="session")
+def explorer_scope(tmp_path_factory, kl_folder) -> Path:
+    from latentscope.ingest import encode
+
+    root = tmp_path_factory.mktemp("explorer")
+    images = make_image_folder(root / "images", 40, classes=("cats", "dogs", "owls"))
+    encode(images, kl_folder, root / "scope", progress=False, device="cpu")
+    write_test_map_and_scores(root / "scope")
+    return root / "scope"
+
+
+def pytest_setup_options():
+    """Headless Debian Chromium for dash.testing's browser fixtures (no network, no sandbox as root)."""
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    options.binary_location = os.environ.get("LATENTSCOPE_CHROMIUM", "/usr/bin/chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--window-size=1500,950", "--hide-scrollbars"):
+        options.add_argument(flag)
+    return options  # pluggy gathers hook results into the list dash.testing expects

@@ -91,3 +91,24 @@ def test_unknown_hub_id_fails_with_a_one_line_reason(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="Hugging Face Hub"):
         Codec.from_pretrained("nobody/no-such-model-latentscope")
+
+
+def test_hub_id_loads_from_a_local_hub_cache(tmp_path, monkeypatch, pipeline_folder):
+    """The hub code path, offline: a hub-cache layout (models--owner--name/snapshots/<rev>/...)."""
+    import shutil
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--tiny-pipeline"
+    shutil.copytree(pipeline_folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    monkeypatch.setattr("diffusers.utils.constants.HF_HUB_OFFLINE", True, raising=False)
+    location = locate_component("someone/tiny-pipeline")
+    assert (location.is_local, location.subfolder) == (False, "vae")
+    codec = Codec.from_pretrained("someone/tiny-pipeline", device="cpu")
+    assert codec.class_name == "AutoencoderKL"
+    assert codec.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 16, 16)

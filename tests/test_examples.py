@@ -26,3 +26,15 @@ def test_train_model_example(tmp_path):
     out = run_example("train_model.py", "--out", str(tmp_path / "model"))
     assert "validation PSNR" in out and "encoded 64 images to latents (4, 4, 4)" in out and "sampled 8 new images of 16x16" in out
     assert (tmp_path / "model" / "README.md").exists()
+
+
+def test_project_map_example(tmp_path, kl_folder):
+    scope = tmp_path / "scope"
+    from latentscope.datasets import write_digits
+    from latentscope.ingest import encode
+
+    encode(write_digits(tmp_path / "digits", limit=150), kl_folder, scope, progress=False, thumbnails=False)
+    out = run_example("project_map.py", "--scope", str(scope), "--model", str(kl_folder))
+    assert "map 'default': 150 points in 2-D" in out and "second map: graph reused: True" in out
+    assert "walk across the map:" in out and "trustworthiness (k=10)" in out
+    assert (tmp_path / "map_grid.png").is_file()

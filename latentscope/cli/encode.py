@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
     parser.add_argument("--max-pixels", type=positive_int, default=None, help="refuse images larger than this (decompression-bomb guard)")
     parser.add_argument("--file-timeout", type=positive_float, default=120.0, help="seconds allowed to decode one file")
+    parser.add_argument("--tiling", action=argparse.BooleanOptionalAction, default=None,
+                        help="encode tile by tile to bound memory on large images (default: on above 1024 px)")
     parser.add_argument("--no-thumbnails", action="store_true", help="skip writing dashboard previews")
     add_device_options(parser)
     parser.set_defaults(func=run)
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         thumbnails=not args.no_thumbnails,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         file_timeout=args.file_timeout,
+        tiling=args.tiling,
         progress=args.progress,
     )
     print("\n".join(summary.lines()))

@@ -111,6 +111,7 @@ def train(
 
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
+    _check_options(val_fraction, patience, seed)
     _check_out(out, overwrite)
     device = resolve_device(device)
     data = load_images(images, size, resize, parse_background(background), progress)
@@ -143,6 +144,16 @@ def train(
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out, ae_metrics["psnr"], ae_metrics["ssim"], dn_record["metrics"]["val_loss"] if dn_record else None,
                        record["seconds"], record)
+
+
+def _check_options(val_fraction: float, patience: int, seed: int) -> None:
+    """Fail before any work is done."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"validation fraction {val_fraction}: must be between 0 and 1")
+    if patience < 0:
+        raise InputError(f"patience {patience}: must be 0 (never stop early) or more")
+    if seed < 0:
+        raise InputError(f"seed {seed}: must be 0 or more")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -1,0 +1,91 @@
+"""The explorer: ``create_app(scope)`` builds the Dash app; ``serve(scope)`` runs it.
+
+Layout (:mod:`.layout`), callbacks (:mod:`.callbacks`), HTTP routes
+(:mod:`.routes`), background jobs (:mod:`.jobs`) and access control
+(:mod:`.security`) live in separate modules; :class:`.data.ExplorerData` reads
+the scope.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..scope import Scope
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).with_name("assets")
+DEFAULT_PORT = 8050
+
+
+def create_app(
+    scope: Scope | str | Path,
+    map_name: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    token: str | None = None,
+    prefix: str = "/",
+):
+    """Build the Dash app for a scope (which must have a map). ``token`` protects every route."""
+    from dash import Dash
+
+    from .callbacks import Callbacks, register
+    from .data import ExplorerData
+    from .jobs import JobManager
+    from .layout import build_layout
+    from .routes import register_routes
+    from .security import install_security
+
+    data = ExplorerData(scope, map_name=map_name, model=model, device=device)
+    app = Dash(
+        __name__,
+        assets_folder=str(ASSETS),
+        title=f"latentscope · {data.scope.path.name}",
+        update_title=None,
+        requests_pathname_prefix=prefix,
+        routes_pathname_prefix=prefix,
+        serve_locally=True,
+    )
+    jobs = JobManager()
+    callbacks = Callbacks(data, jobs)
+    app.layout = build_layout(data)
+    register(app, callbacks)
+    register_routes(app.server, data, jobs, prefix=prefix, extra_images=None)
+    install_security(app.server, token)
+    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks)
+    return app
+
+
+def _one_thread_per_request_on_cpu() -> None:
+    """The server already runs requests and jobs in parallel threads; letting every torch call also spread over
+    all cores oversubscribes the CPU (OpenMP threads spin-waiting on each other), which made concurrent requests
+    up to 20x slower in the load test. One intra-op thread per request is the faster choice for a server."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+
+
+def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
+          debug: bool = False, threads: int = 8, announce=print, **app_options) -> None:
+    """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed)."""
+    from .security import choose_token, is_loopback
+
+    token = choose_token(host, token, no_auth, announce)
+    _one_thread_per_request_on_cpu()
+    app = create_app(scope, token=token, **app_options)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    if token and not is_loopback(host):
+        url += f"?token={token}"
+    announce(f"latentscope explorer running at {url}  (Ctrl-C to stop)")
+    if debug:
+        app.run(host=host, port=port, debug=True)
+        return
+    try:
+        from waitress import serve as waitress_serve
+    except ImportError:
+        app.run(host=host, port=port, debug=False, threaded=True)
+    else:
+        waitress_serve(app.server, host=host, port=port, threads=threads, _quiet=True)

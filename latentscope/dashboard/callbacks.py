@@ -1,0 +1,520 @@
+"""Callbacks: each body is a method of :class:`Callbacks` (testable without a browser); ``register`` wires them.
+
+Large figure updates use ``Patch`` so the 100,000-point traces are sent once;
+hover is a clientside callback (no server round trip: the thumbnail is a plain
+image request).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from dash import ALL, Input, Output, Patch, State, ctx, html, no_update
+from dash.exceptions import PreventUpdate
+
+from ..errors import LatentscopeError
+from . import actions
+from .data import ExplorerData
+from .figures import OVERLAYS, map_figure, overlay_index
+from .jobs import JobManager
+from .layout import anomaly_rows
+
+MAX_WAYPOINTS = 8
+GALLERY_LIMIT = 60
+HIGHLIGHT_LIMIT = 20_000
+
+
+def _clicked_id(clicked) -> int | None:
+    """The id from the clientside click translation ``{"id": ..., "at": ...}``."""
+    try:
+        return int(clicked["id"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def thumb_url(image_id: int) -> str:
+    return f"thumb/{int(image_id)}.jpg"  # relative, so the app also works under a path prefix
+
+
+class Callbacks:
+    """The server-side behaviour of the page."""
+
+    def __init__(self, data: ExplorerData, jobs: JobManager, heatmaps=None):
+        self.data = data
+        self.jobs = jobs
+        self.heatmaps = heatmaps  # image id -> PNG bytes of the anomaly heatmap overlay, when scoring is available
+
+    # ------------------------------------------------------------------ map
+
+    def redraw(self, colour, size, opacity, focus_id, walk_ids, threshold, walk_result):
+        """A full redraw when the colouring changes; overlays are carried over."""
+        figure = map_figure(self.data, colour or "none", size or 5, opacity or 0.8)
+        n_base = len(figure.data) - len(OVERLAYS)
+        self._fill_overlay(figure.data[overlay_index(n_base, "focus")], [focus_id] if focus_id is not None else [])
+        self._fill_overlay(figure.data[overlay_index(n_base, "waypoints")], walk_ids or [], numbered=True)
+        self._fill_overlay(figure.data[overlay_index(n_base, "highlight")], self.ids_above(threshold))
+        figure.data[overlay_index(n_base, "frame")].x, figure.data[overlay_index(n_base, "frame")].y = [], []
+        path = (walk_result or {}).get("path") or []
+        if path:
+            trace = figure.data[overlay_index(n_base, "path")]
+            trace.x, trace.y = [p[0] for p in path], [p[1] for p in path]
+        return figure, n_base
+
+    def _fill_overlay(self, trace, ids, numbered: bool = False):
+        xy = self._xy(ids)
+        trace.x, trace.y = xy[:, 0], xy[:, 1]
+        trace.customdata = self._known(ids)
+        if numbered:
+            trace.text = [str(i + 1) for i in range(len(xy))]
+
+    def _known(self, ids) -> list[int]:
+        return [int(i) for i in ids or [] if self.data.knows(i)]
+
+    def _xy(self, ids) -> np.ndarray:
+        rows = self.data.ids_to_rows(ids or [])
+        return self.data.points[["x", "y"]].to_numpy(np.float32)[rows] if len(rows) else np.zeros((0, 2), np.float32)
+
+    def restyle(self, size, opacity, n_base):
+        """Point size and opacity change without resending the points."""
+        patch = Patch()
+        for i in range(int(n_base or 1)):
+            patch["data"][i]["marker"]["size"] = size
+            patch["data"][i]["marker"]["opacity"] = opacity
+        return patch
+
+    def overlay_patch(self, n_base, name: str, ids, numbered: bool = False) -> Patch:
+        xy = self._xy(ids)
+        patch = Patch()
+        index = overlay_index(int(n_base), name)
+        patch["data"][index]["x"] = xy[:, 0].tolist()
+        patch["data"][index]["y"] = xy[:, 1].tolist()
+        patch["data"][index]["customdata"] = self._known(ids)
+        if numbered:
+            patch["data"][index]["text"] = [str(i + 1) for i in range(len(xy))]
+        return patch
+
+    # ------------------------------------------------------------------ clicks and inspect
+
+    def click(self, click_data, tab, walk_ids):
+        image_id = _clicked_id(click_data)
+        if image_id is None or not self.data.knows(image_id):
+            raise PreventUpdate
+        walk_ids = list(walk_ids or [])
+        if tab == "walk" and len(walk_ids) < MAX_WAYPOINTS and (not walk_ids or walk_ids[-1] != image_id):
+            walk_ids.append(image_id)
+            return image_id, walk_ids
+        return image_id, no_update
+
+    def neighbour_click(self, clicks):
+        if not ctx.triggered_id or not any(clicks or []):
+            raise PreventUpdate
+        return int(ctx.triggered_id["id"])
+
+    def inspect_panel(self, image_id):
+        if image_id is None or not self.data.knows(image_id):
+            raise PreventUpdate
+        point = self.data.point(image_id)
+        facts = [("id", point["id"]), ("file", point["path"]), ("size", f"{point['width']} x {point['height']}")]
+        if point.get("label"):
+            facts.insert(1, ("label", point["label"]))
+        for column in (c for c in self.data.points.columns if c.startswith("score:")):
+            value = point.get(column)
+            if value is not None and np.isfinite(value):
+                rank = int((self.data.points[column] > value).sum()) + 1
+                facts.append((column.replace("score:", "score "), f"{value:.3f}  (rank {rank:,} of {len(self.data.points):,})"))
+        images = [
+            _figure_block("original", f"image/{image_id}.png"),
+            _figure_block("decoded", f"recon/{image_id}.png"),
+        ]
+        if self.heatmaps is not None and self.data.default_score_column:
+            images.append(_figure_block("anomaly heatmap", f"heatmap/{image_id}.png"))
+        neighbours = self.data.neighbours(image_id, k=8)
+        return [
+            html.Div(images, className="inspect-images"),
+            html.Table([html.Tr([html.Th(k), html.Td(str(v))]) for k, v in facts], className="facts-table"),
+            html.H4("Nearest neighbours"),
+            html.Div(
+                [thumb_button(n, "neighbours") for n in neighbours],
+                className="gallery",
+            ),
+        ]
+
+    # ------------------------------------------------------------------ walk points
+
+    def walk_chips(self, walk_ids):
+        if not walk_ids:
+            return html.Span("No points yet.", className="hint")
+        chips = []
+        for index, image_id in enumerate(walk_ids):
+            chips.append(html.Div([html.Span(str(index + 1), className="chip-number"), html.Img(src=thumb_url(image_id)),
+                                   html.Span(f"id {image_id}")], className="chip"))
+            if index + 1 < len(walk_ids):
+                chips.append(html.Span("→", className="chip-arrow"))
+        return chips
+
+    def clear_walk(self, n_clicks):
+        if not n_clicks:
+            raise PreventUpdate
+        return [], None
+
+    # ------------------------------------------------------------------ selection
+
+    def selection(self, selected_ids):
+        """Keep known ids; show the Select tab when something was selected."""
+        ids = [int(i) for i in dict.fromkeys(selected_ids or []) if self.data.knows(i)]
+        return ids, ("select" if ids else no_update)
+
+    def gallery(self, ids):
+        ids = ids or []
+        count = f"{len(ids):,} selected" if ids else "Nothing selected."
+        shown = ids[:GALLERY_LIMIT]
+        tiles = [thumb_button(i, "gallery") for i in shown]
+        if len(ids) > GALLERY_LIMIT:
+            tiles.append(html.Div(f"+{len(ids) - GALLERY_LIMIT:,} more", className="more"))
+        return count, tiles
+
+    def set_group(self, clicks_a, clicks_b, selection, group_a, group_b):
+        if ctx.triggered_id == "set-group-a" and clicks_a:
+            group_a = list(selection or [])
+        elif ctx.triggered_id == "set-group-b" and clicks_b:
+            group_b = list(selection or [])
+        else:
+            raise PreventUpdate
+        summary = f"group A: {len(group_a or []):,} images · group B: {len(group_b or []):,} images"
+        return group_a, group_b, summary, summary
+
+    # ------------------------------------------------------------------ anomalies
+
+    def ids_above(self, threshold) -> list[int]:
+        """Ids scoring at or above the threshold, highest first, at most HIGHLIGHT_LIMIT."""
+        score = self.data.default_score_column
+        if score is None or threshold is None:
+            return []
+        values = self.data.points[score].to_numpy()
+        above = np.flatnonzero(values >= threshold)
+        return self.data.points["id"].to_numpy()[above[np.argsort(-values[above])][:HIGHLIGHT_LIMIT]].tolist()
+
+    def highlight_above(self, threshold, n_base):
+        score = self.data.default_score_column
+        if score is None or threshold is None:
+            raise PreventUpdate
+        count = int((self.data.points[score].to_numpy() >= threshold).sum())
+        shown = f"{count:,} images score at or above {threshold:.3f}"
+        if count > HIGHLIGHT_LIMIT:
+            shown += f" (the top {HIGHLIGHT_LIMIT:,} are ringed)"
+        return self.overlay_patch(n_base, "highlight", self.ids_above(threshold)), shown
+
+    def table_focus(self, active_cell, rows):
+        if not active_cell or rows is None:
+            raise PreventUpdate
+        row_id = active_cell.get("row_id")
+        if row_id is not None:
+            return int(row_id)
+        index = active_cell.get("row")
+        if index is None or index >= len(rows):
+            raise PreventUpdate
+        return int(rows[index]["id"])
+
+    def table_rows(self, score):
+        return anomaly_rows(self.data, score)
+
+    # ------------------------------------------------------------------ long work: walks and mosaics
+
+    def start_walk(self, n_clicks, ids, method, steps, options):
+        if not n_clicks:
+            raise PreventUpdate
+        try:
+            spec = actions.walk_spec(ids or [], method, steps or 24, options)
+        except LatentscopeError as exc:
+            return no_update, True, _error(str(exc))
+        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
+        return {"id": job.id}, False, _progress(job.status())
+
+    def start_direction(self, n_clicks, focus_id, group_a, group_b, strength, method, steps):
+        if not n_clicks:
+            raise PreventUpdate
+        if focus_id is None:
+            return no_update, True, _error("inspect an image first (click it on the map): it is the one that moves")
+        if not group_a or not group_b:
+            return no_update, True, _error("set group A and group B in the Select tab first")
+        direction = {"from": {"ids": list(group_a)}, "to": {"ids": list(group_b)}, "strength": list(strength or [0, 1])}
+        try:
+            spec = actions.walk_spec([focus_id], "lerp" if method in ("noise-slerp", "data-path") else method, steps or 24,
+                                     [], direction=direction)
+        except LatentscopeError as exc:
+            return no_update, True, _error(str(exc))
+        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
+        return {"id": job.id}, False, _progress(job.status())
+
+    def start_mosaic(self, n_clicks, grid, view):
+        if not n_clicks:
+            raise PreventUpdate
+        bounds = tuple(view) if view else self.data_bounds()
+        job = self.jobs.submit("mosaic", actions.run_mosaic, self.data, bounds, int(grid or 8))
+        return {"id": job.id}, False, _progress(job.status())
+
+    def data_bounds(self) -> tuple[float, float, float, float]:
+        xy = self.data.points[["x", "y"]].to_numpy(np.float64)
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        return float(x0), float(x1), float(y0), float(y1)
+
+    def view_range(self, relayout, current):
+        """The visible part of the map, from plotly's relayout events (None = everything)."""
+        if not relayout:
+            raise PreventUpdate
+        if relayout.get("xaxis.autorange") or relayout.get("autosize"):
+            return None
+        keys = ("xaxis.range[0]", "xaxis.range[1]", "yaxis.range[0]", "yaxis.range[1]")
+        if all(k in relayout for k in keys):
+            return [float(relayout[k]) for k in keys]
+        if "xaxis.range" in relayout and "yaxis.range" in relayout:
+            return [*map(float, relayout["xaxis.range"]), *map(float, relayout["yaxis.range"])]
+        raise PreventUpdate
+
+    def poll(self, _ticks, walk_job, grid_job):
+        """Report progress; hand over finished results; stop polling when nothing runs."""
+        messages, running = [], False
+        results = {"walk": no_update, "mosaic": no_update}
+        cleared = {"walk": no_update, "mosaic": no_update}
+        for kind, ref in (("walk", walk_job), ("mosaic", grid_job)):
+            if not ref:
+                continue
+            job = self.jobs.get(ref.get("id"))
+            if job is None:
+                cleared[kind] = None
+                continue
+            status = job.status()
+            if status["state"] in ("queued", "running"):
+                running = True
+                messages.append(_progress(status))
+                continue
+            cleared[kind] = None
+            if status["state"] == "error":
+                messages.append(_error(f"{kind} failed: {status['error']}"))
+            elif kind == "walk":
+                results["walk"] = job.result.summary(job.id)
+            else:
+                results["mosaic"] = _mosaic_view(job.id, job.result)
+        return messages or None, results["walk"], results["mosaic"], not running, cleared["walk"], cleared["mosaic"]
+
+    def walk_view(self, result, n_base):
+        """Show a finished walk: animation, scrubbable frame, strip, downloads; draw its path on the map."""
+        patch = Patch()
+        path = (result or {}).get("path") or []
+        index = overlay_index(int(n_base), "path")
+        patch["data"][index]["x"] = [p[0] for p in path]
+        patch["data"][index]["y"] = [p[1] for p in path]
+        frame_index = overlay_index(int(n_base), "frame")
+        patch["data"][frame_index]["x"] = [path[0][0]] if path else []
+        patch["data"][frame_index]["y"] = [path[0][1]] if path else []
+        if not result:
+            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch, True)
+        job, frames = result["job"], int(result["frames"])
+        base = f"jobs/{job}/"
+        strip = [html.Img(src=f"{base}frame-{i}.png", title=f"frame {i + 1}", className="current" if i == 0 else "")
+                 for i in range(frames)]
+        step = max(1, frames // 12)
+        marks = {i: str(i + 1) for i in range(0, frames, step)}
+        return ({}, f"{base}frame-0.png", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
+                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch, False)
+
+    def frame_marker(self, frame, result, n_base):
+        if not result or frame is None:
+            raise PreventUpdate
+        path = result.get("path") or []
+        patch = Patch()
+        index = overlay_index(int(n_base), "frame")
+        point = path[int(frame)] if 0 <= int(frame) < len(path) else None
+        patch["data"][index]["x"] = [point[0]] if point else []
+        patch["data"][index]["y"] = [point[1]] if point else []
+        return patch
+
+
+def _progress(status: dict) -> html.Div:
+    fraction = status["done"] / max(1, status["total"])
+    return html.Div(
+        [html.Span(f"{status['kind']}: {status['message']}"),
+         html.Div(html.Div(style={"width": f"{max(5, int(fraction * 100))}%"}), className="progress-bar")],
+        className="job",
+    )
+
+
+def _error(message: str) -> html.Div:
+    return html.Div(message, className="error")
+
+
+def _mosaic_view(job_id: str, result) -> html.Div:
+    x0, x1, y0, y1 = result.bounds
+    return html.Div(
+        [html.Img(src=f"jobs/{job_id}/mosaic.png", id="mosaic-img"),
+         html.Div(f"{result.grid} x {result.grid} decoded from x {x0:.2f}..{x1:.2f}, y {y0:.2f}..{y1:.2f}", className="hint"),
+         html.A("download PNG", href=f"jobs/{job_id}/download-mosaic.png", download="mosaic.png")]
+    )
+
+
+def thumb_button(image_id: int, where: str) -> html.Button:
+    """A clickable thumbnail that inspects its image; ``where`` keeps ids unique across galleries."""
+    return html.Button(html.Img(src=thumb_url(image_id), title=f"id {image_id}"),
+                       id={"type": "thumb", "where": where, "id": int(image_id)}, className="thumb-button", n_clicks=0)
+
+
+def _figure_block(caption: str, src: str) -> html.Figure:
+    return html.Figure([html.Img(src=src, className="pixelated"), html.Figcaption(caption)], className="inspect-figure")
+
+
+# Dash's Graph drops customdata sent as a binary array from event data, so the id of an event's point is read
+# from plotly's decoded traces in the browser: latentscopePointId in assets/latentscope.js.
+HOVER_JS = """
+function(hover) {
+    const keep = window.dash_clientside.no_update;
+    const id = hover && hover.points && hover.points.length ? window.latentscopePointId(hover.points[0]) : null;
+    if (id === null) { return [false, keep, keep]; }
+    return [true, hover.points[0].bbox, 'thumb/' + id + '.jpg'];
+}
+"""
+
+HOVER_INFO_JS = """
+async function(hover) {
+    const id = hover && hover.points && hover.points.length ? window.latentscopePointId(hover.points[0]) : null;
+    if (id === null) { return window.dash_clientside.no_update; }
+    try {
+        const response = await fetch('info/' + id);
+        if (!response.ok) { return 'id ' + id; }
+        return (await response.json()).text;
+    } catch (error) {
+        return 'id ' + id;
+    }
+}
+"""
+
+CLICK_JS = """
+function(click) {
+    const id = click && click.points && click.points.length ? window.latentscopePointId(click.points[0]) : null;
+    return id === null ? window.dash_clientside.no_update : {id: id, at: Date.now()};
+}
+"""
+
+SELECT_JS = """
+function(selected) {
+    if (!selected || !selected.points) { return []; }
+    const seen = new Set();
+    for (const point of selected.points) {
+        const id = window.latentscopePointId(point);
+        if (id !== null) { seen.add(id); }
+    }
+    return Array.from(seen);
+}
+"""
+
+
+def register(app, callbacks: Callbacks) -> None:
+    cb = callbacks
+    app.clientside_callback(
+        HOVER_JS,
+        Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),
+    )
+    app.clientside_callback(HOVER_INFO_JS, Output("hover-text", "children"), Input("map", "hoverData"))
+    app.clientside_callback(CLICK_JS, Output("clicked-point", "data"), Input("map", "clickData"), prevent_initial_call=True)
+    app.clientside_callback(SELECT_JS, Output("selected-points", "data"), Input("map", "selectedData"), prevent_initial_call=True)
+    app.callback(
+        Output("map", "figure"), Output("n-base", "data"),
+        Input("colour-by", "value"),
+        State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
+        State("anomaly-threshold", "value"), State("walk-result", "data"),
+        prevent_initial_call=True,
+    )(cb.redraw)
+    app.callback(
+        Output("map", "figure", allow_duplicate=True),
+        Input("point-size", "value"), Input("point-opacity", "value"), State("n-base", "data"),
+        prevent_initial_call=True,
+    )(cb.restyle)
+    app.callback(
+        Output("focus-id", "data"), Output("walk-ids", "data"),
+        Input("clicked-point", "data"), State("panel-tabs", "value"), State("walk-ids", "data"),
+        prevent_initial_call=True,
+    )(cb.click)
+    app.callback(
+        Output("focus-id", "data", allow_duplicate=True),
+        Input({"type": "thumb", "where": ALL, "id": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )(cb.neighbour_click)
+    app.callback(Output("inspect-panel", "children"), Output("panel-tabs", "value"),
+                 Input("focus-id", "data"), State("panel-tabs", "value"), prevent_initial_call=True)(
+        lambda image_id, tab: (cb.inspect_panel(image_id), tab if tab in ("walk", "anomalies", "select") else "inspect")
+    )
+    app.callback(Output("map", "figure", allow_duplicate=True), Input("focus-id", "data"), State("n-base", "data"),
+                 prevent_initial_call=True)(
+        lambda image_id, n_base: cb.overlay_patch(n_base, "focus", [image_id] if image_id is not None else [])
+    )
+    app.callback(Output("walk-points", "children"), Output("map", "figure", allow_duplicate=True),
+                 Input("walk-ids", "data"), State("n-base", "data"), prevent_initial_call=True)(
+        lambda ids, n_base: (cb.walk_chips(ids), cb.overlay_patch(n_base, "waypoints", ids, numbered=True))
+    )
+    app.callback(Output("walk-ids", "data", allow_duplicate=True), Output("walk-result", "data", allow_duplicate=True),
+                 Input("walk-clear", "n_clicks"), prevent_initial_call=True)(cb.clear_walk)
+    app.callback(Output("selection-ids", "data"), Output("panel-tabs", "value", allow_duplicate=True),
+                 Input("selected-points", "data"), prevent_initial_call=True)(cb.selection)
+    app.callback(Output("selection-count", "children"), Output("selection-gallery", "children"),
+                 Input("selection-ids", "data"))(cb.gallery)
+    app.callback(
+        Output("group-a", "data"), Output("group-b", "data"), Output("group-summary", "children"),
+        Output("direction-summary", "children"),
+        Input("set-group-a", "n_clicks"), Input("set-group-b", "n_clicks"),
+        State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
+        prevent_initial_call=True,
+    )(cb.set_group)
+    job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"))
+    app.callback(*job_outputs, Input("walk-run", "n_clicks"), State("walk-ids", "data"), State("walk-method", "value"),
+                 State("walk-steps", "value"), State("walk-options", "value"), prevent_initial_call=True)(cb.start_walk)
+    app.callback(*(Output(o.component_id, o.component_property, allow_duplicate=True) for o in job_outputs),
+                 Input("direction-run", "n_clicks"), State("focus-id", "data"), State("group-a", "data"),
+                 State("group-b", "data"), State("direction-strength", "value"), State("walk-method", "value"),
+                 State("walk-steps", "value"), prevent_initial_call=True)(cb.start_direction)
+    app.callback(Output("grid-job", "data"), Output("job-poll", "disabled", allow_duplicate=True),
+                 Output("job-progress", "children", allow_duplicate=True),
+                 Input("grid-run", "n_clicks"), State("grid-size", "value"), State("view-range", "data"),
+                 prevent_initial_call=True)(cb.start_mosaic)
+    app.callback(Output("view-range", "data"), Input("map", "relayoutData"), State("view-range", "data"),
+                 prevent_initial_call=True)(cb.view_range)
+    app.callback(Output("job-progress", "children", allow_duplicate=True), Output("walk-result", "data"),
+                 Output("grid-output", "children"), Output("job-poll", "disabled", allow_duplicate=True),
+                 Output("walk-job", "data", allow_duplicate=True), Output("grid-job", "data", allow_duplicate=True),
+                 Input("job-poll", "n_intervals"), State("walk-job", "data"), State("grid-job", "data"),
+                 prevent_initial_call=True)(cb.poll)
+    app.callback(Output("walk-output", "style"), Output("walk-preview", "src"), Output("walk-frame-img", "src"),
+                 Output("walk-strip", "children"), Output("walk-frame", "max"), Output("walk-frame", "marks"),
+                 Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
+                 Output("download-mp4", "href"), Output("download-strip", "href"),
+                 Output("map", "figure", allow_duplicate=True), Output("walk-play", "disabled"),
+                 Input("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.walk_view)
+    app.clientside_callback(
+        """
+        function(tick, result) {
+            // the animation: cycle through the frames the strip has already loaded, forward then back
+            if (!result || !result.frames) { return window.dash_clientside.no_update; }
+            const n = result.frames, period = Math.max(1, 2 * n - 2), k = tick % period;
+            const frame = k < n ? k : period - k;
+            return 'jobs/' + result.job + '/frame-' + frame + '.png';
+        }
+        """,
+        Output("walk-preview", "src", allow_duplicate=True), Input("walk-play", "n_intervals"), State("walk-result", "data"),
+        prevent_initial_call=True,
+    )
+    app.callback(Output("map", "figure", allow_duplicate=True), Input("walk-frame", "value"),
+                 State("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.frame_marker)
+    app.clientside_callback(
+        """
+        function(frame, result) {
+            if (!result || frame === null || frame === undefined) { return window.dash_clientside.no_update; }
+            document.querySelectorAll('#walk-strip img').forEach(
+                (img, i) => img.classList.toggle('current', i === frame));
+            return ['jobs/' + result.job + '/frame-' + frame + '.png', 'frame ' + (frame + 1) + ' of ' + result.frames];
+        }
+        """,
+        Output("walk-frame-img", "src", allow_duplicate=True), Output("walk-frame-caption", "children"),
+        Input("walk-frame", "value"), State("walk-result", "data"), prevent_initial_call=True,
+    )
+    app.callback(Output("map", "figure", allow_duplicate=True), Output("anomaly-count", "children"),
+                 Input("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.highlight_above)
+    app.callback(Output("focus-id", "data", allow_duplicate=True),
+                 Input("anomaly-table", "active_cell"), State("anomaly-table", "derived_viewport_data"),
+                 prevent_initial_call=True)(cb.table_focus)

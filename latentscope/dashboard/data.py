@@ -1,0 +1,262 @@
+"""What the explorer shows, read from a scope: points of a map with their columns, images, models.
+
+Everything here is plain Python over the library (no Dash), so callbacks stay
+thin and the logic is testable without a browser. Only ids found in the
+manifest are ever turned into file paths.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..errors import LatentscopeError, ScopeError
+from ..images import load_image
+from ..scope import Scope
+
+log = logging.getLogger(__name__)
+
+MAX_CATEGORIES = 24
+ORIGINAL_MAX_SIDE = 384
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+class ExplorerData:
+    """A scope opened for exploring: one map, its points and the columns they can be coloured by."""
+
+    def __init__(self, scope: Scope | str | Path, map_name: str | None = None, model: str | None = None, device: str = "auto"):
+        self.scope = scope if isinstance(scope, Scope) else Scope(scope)
+        self.model_reference = model or self.scope.model.get("reference")
+        self.device = device
+        self._model_lock = threading.Lock()
+        self._codec_lock = threading.Lock()
+        self._codec = None
+        self._walker = None
+        self.map_names = self.scope.table_names("maps")
+        self.score_names = self.scope.table_names("scores")
+        self.map_name = map_name or (self.map_names[0] if self.map_names else None)
+        if self.map_name is None:
+            raise ScopeError(f"{self.scope.path}: has no map yet; run 'latentscope project {self.scope.path}' first")
+        self.points = self._load_points(self.map_name)
+        self._row_of_id = pd.Series(np.arange(len(self.points)), index=self.points["id"].to_numpy())
+
+    # ------------------------------------------------------------------ points and columns
+
+    def _load_points(self, map_name: str) -> pd.DataFrame:
+        coords = self.scope.read_map(map_name)
+        manifest = self.scope.manifest()
+        points = coords.merge(manifest[manifest["status"] == "ok"], on="id", how="inner", validate="one_to_one")
+        for name in self.score_names:
+            scores = self.scope.read_scores(name)[["id", "score"]].rename(columns={"score": f"score:{name}"})
+            points = points.merge(scores, on="id", how="left")
+        points["label"] = points["label"].fillna("").astype(str)
+        return points.reset_index(drop=True)
+
+    def switch_map(self, map_name: str) -> None:
+        if map_name not in self.map_names:
+            raise ScopeError(f"{self.scope.path}: no map named {map_name!r}")
+        self.map_name = map_name
+        self.points = self._load_points(map_name)
+        self._row_of_id = pd.Series(np.arange(len(self.points)), index=self.points["id"].to_numpy())
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.points["label"] != "").any())
+
+    @property
+    def default_score_column(self) -> str | None:
+        columns = [f"score:{n}" for n in self.score_names]
+        if "score:default" in columns:
+            return "score:default"
+        return columns[0] if columns else None
+
+    def colour_options(self) -> list[dict]:
+        """Columns the map can be coloured by, as dropdown options."""
+        options = [{"label": "nothing", "value": "none"}]
+        if self.has_labels:
+            options.append({"label": "label", "value": "label"})
+        options += [{"label": f"anomaly score ({c[6:]})", "value": c} for c in self.points.columns if c.startswith("score:")]
+        options.append({"label": "cluster (k-means on the map)", "value": "cluster"})
+        skip = {"id", "x", "y", "z", "row", "sha256", "path", "status", "error", "label", "mtime_ns"}
+        options += [{"label": c, "value": c} for c in self.points.columns if c not in skip and not c.startswith("score:")]
+        return options
+
+    def default_colour(self) -> str:
+        if self.default_score_column and not self.has_labels:
+            return self.default_score_column
+        return "label" if self.has_labels else "none"
+
+    def column(self, name: str) -> pd.Series:
+        if name == "cluster":
+            return self.clusters
+        if name not in self.points.columns:
+            raise ScopeError(f"no column named {name!r} in this scope")
+        return self.points[name]
+
+    def is_categorical(self, name: str) -> bool:
+        values = self.column(name)
+        if name in ("label", "cluster"):
+            return True
+        return not pd.api.types.is_numeric_dtype(values) or values.nunique() <= MAX_CATEGORIES // 2
+
+    @cached_property
+    def clusters(self) -> pd.Series:
+        from sklearn.cluster import MiniBatchKMeans
+
+        xy = self.points[["x", "y"]].to_numpy(np.float32)
+        k = int(np.clip(round(np.sqrt(len(xy) / 50)), 2, 12)) if len(xy) >= 4 else 1
+        if k < 2:
+            return pd.Series(["0"] * len(xy), name="cluster")
+        model = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3, batch_size=4096).fit(xy)
+        return pd.Series([f"c{c}" for c in model.labels_], name="cluster")
+
+    def ids_to_rows(self, ids) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        known = [i for i in ids if i in self._row_of_id.index]
+        return self._row_of_id.loc[known].to_numpy()
+
+    def point(self, image_id: int) -> dict:
+        rows = self.ids_to_rows([image_id])
+        if not len(rows):
+            raise ScopeError(f"no image with id {image_id} on this map")
+        record = self.points.iloc[int(rows[0])]
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+
+    def knows(self, image_id) -> bool:
+        try:
+            return int(image_id) in self._row_of_id.index
+        except (TypeError, ValueError):
+            return False
+
+    # ------------------------------------------------------------------ images
+
+    def thumbnail(self, image_id: int) -> bytes | None:
+        if not self.knows(image_id):
+            return None
+        path = self.scope.thumb_path(int(image_id))
+        return path.read_bytes() if path.is_file() else None
+
+    def original_png(self, image_id: int) -> bytes | None:
+        if not self.knows(image_id):
+            return None
+        try:
+            img = load_image(self.scope.image_path(int(image_id)))
+        except LatentscopeError as exc:
+            log.warning("image %s: %s", image_id, exc)
+            return None
+        img.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        return out.getvalue()
+
+    def latents(self, ids) -> np.ndarray:
+        return self.scope.latents_for_ids([int(i) for i in ids])
+
+    @cached_property
+    def flat_latents(self) -> np.ndarray:
+        """Latents of the map's points as float32 N x D, in point order (for neighbour search)."""
+        rows = self.points["row"].to_numpy()
+        return np.asarray(self.scope.latents()[rows], dtype=np.float32).reshape(len(rows), -1)
+
+    def neighbours(self, image_id: int, k: int = 8) -> list[int]:
+        """Ids of the k nearest other images in latent space."""
+        rows = self.ids_to_rows([image_id])
+        if not len(rows):
+            return []
+        _, nearest = self.nearest_rows(self.flat_latents[rows], k + 1)
+        ids = self.points["id"].to_numpy()[nearest[0]]
+        return [int(i) for i in ids if int(i) != int(image_id)][:k]
+
+    # ------------------------------------------------------------------ models (loaded on first use)
+
+    @property
+    def codec(self):
+        """The autoencoder, loaded on first use (once, even when several requests ask at the same moment)."""
+        with self._codec_lock:
+            if self._codec is None:
+                from ..codec import Codec
+
+                self._codec = Codec.from_pretrained(self.model_reference, device=self.device)
+            return self._codec
+
+    @cached_property
+    def projection(self):
+        """The fitted projection behind this map (for placing new latents and inverting map points), if loadable."""
+        try:
+            from ..projection import load_projection
+        except ImportError:
+            return None
+        try:
+            return load_projection(self.scope, self.map_name)
+        except LatentscopeError as exc:
+            log.warning("map %s: %s; using nearest-neighbour placement instead", self.map_name, exc)
+            return None
+
+    def map_positions(self, latents: np.ndarray, k: int = 8) -> np.ndarray:
+        """Where latents sit on the map: the projection's transform, else a distance-weighted mean of neighbours."""
+        latents = np.asarray(latents, np.float32)
+        if self.projection is not None:
+            return np.asarray(self.projection.transform(latents), np.float32)[:, :2]
+        distances, nearest = self.nearest_rows(latents.reshape(len(latents), -1), k)
+        weights = 1.0 / (distances + 1e-6)
+        xy = self.points[["x", "y"]].to_numpy(np.float32)[nearest]
+        return ((xy * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)).astype(np.float32)
+
+    @cached_property
+    def _squared_norms(self) -> np.ndarray:
+        return np.einsum("ij,ij->i", self.flat_latents, self.flat_latents)
+
+    def nearest_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Euclidean distances and point rows of the k nearest map points to each query latent (one GEMM)."""
+        real = self.flat_latents
+        k = min(k, len(real))
+        squared = self._squared_norms[None, :] - 2.0 * queries @ real.T + np.einsum("ij,ij->i", queries, queries)[:, None]
+        nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(squared, nearest, axis=1)
+        order = np.argsort(picked, axis=1)
+        nearest, picked = np.take_along_axis(nearest, order, axis=1), np.take_along_axis(picked, order, axis=1)
+        return np.sqrt(np.maximum(picked, 0.0)), nearest
+
+    def latents_at(self, points: np.ndarray, k: int = 6) -> np.ndarray:
+        """Latents for map points: the projection's inverse, else a blend of the real latents nearest on the map."""
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        shape = tuple(self.scope.model["latent_shape"])
+        if self.projection is not None:
+            return np.asarray(self.projection.inverse_transform(points), np.float32).reshape(len(points), *shape)
+        xy = self.points[["x", "y"]].to_numpy(np.float32)
+        real = self.flat_latents
+        k = min(k, len(xy))
+        out = np.empty((len(points), real.shape[1]), np.float32)
+        for i, point in enumerate(points):
+            distances = np.sqrt(((xy - point) ** 2).sum(1))
+            nearest = np.argpartition(distances, k - 1)[:k]
+            weights = 1.0 / (distances[nearest] + 1e-6) ** 2
+            out[i] = (real[nearest] * weights[:, None]).sum(0) / weights.sum()
+        return out.reshape(len(points), *shape)
+
+    def walker(self):
+        """One walker per explorer (model loaded once, kNN graph cached), shared by all walk jobs."""
+        with self._model_lock:
+            if self._walker is None:
+                from ..walks import Walker
+
+                self._walker = Walker(self.scope, model=self.codec, projection=self.projection, device=self.device)
+            return self._walker
+
+    def reconstruction_png(self, image_id: int) -> bytes | None:
+        if not self.knows(image_id):
+            return None
+        pixels = self.codec.decode_to_pixels(self.latents([image_id]))
+        return png_bytes(pixels[0])

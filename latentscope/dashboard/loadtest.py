@@ -1,0 +1,145 @@
+"""Drive a running explorer with concurrent clients, as browsers would: hover, inspect, walk.
+
+Used by the load test in the test suite and by ``benchmarks/bench_load.py``. Requests go only to the given
+loopback URL; every loop is bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    failures: list[str] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.requests += 1
+        self.latencies.setdefault(kind, []).append(seconds)
+
+    def p95(self, kind: str | None = None) -> float:
+        values = self.latencies.get(kind, []) if kind else [v for vs in self.latencies.values() for v in vs]
+        return float(np.percentile(values, 95)) if values else float("nan")
+
+
+class Client:
+    """One simulated browser tab talking to the Dash server over HTTP."""
+
+    def __init__(self, base: str, dependencies: list[dict], result: LoadResult, lock: threading.Lock):
+        self.base = base.rstrip("/") + "/"
+        self.callbacks = {d["output"]: d for d in dependencies}
+        self.result = result
+        self.lock = lock
+
+    def _timed(self, kind: str, request: urllib.request.Request | str) -> bytes | None:
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        except OSError as exc:
+            with self.lock:
+                self.result.failures.append(f"{kind}: {exc}")
+            return None
+        elapsed = time.perf_counter() - started
+        with self.lock:
+            if status not in (200, 204):
+                self.result.failures.append(f"{kind}: HTTP {status}")
+            else:
+                self.result.add(kind, elapsed)
+        return body if status == 200 else None
+
+    def callback(self, kind: str, output_contains: str, trigger: str, values: dict) -> dict | None:
+        """POST one Dash callback the way the renderer does."""
+        spec = next(d for o, d in self.callbacks.items() if output_contains in o and
+                    any(f"{i['id']}.{i['property']}" == trigger for i in d["inputs"]))
+
+        def filled(items):
+            return [{**item, "value": values.get(f"{item['id']}.{item['property']}")} for item in items]
+
+        payload = {
+            "output": spec["output"],
+            "outputs": [{"id": o.split(".")[0], "property": o.split(".")[1].split("@")[0]}
+                        for o in spec["output"].strip(".").split("...")],
+            "inputs": filled(spec["inputs"]),
+            "state": filled(spec["state"]),
+            "changedPropIds": [trigger],
+        }
+        request = urllib.request.Request(self.base + "_dash-update-component", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        body = self._timed(kind, request)
+        return json.loads(body) if body else None
+
+    def hover(self, image_id: int) -> None:
+        self._timed("hover", f"{self.base}thumb/{image_id}.jpg")
+        self._timed("hover", f"{self.base}info/{image_id}")
+
+    def inspect(self, image_id: int) -> None:
+        self.callback("inspect", "inspect-panel.children", "focus-id.data", {"focus-id.data": image_id, "panel-tabs.value": "inspect"})
+        for route in ("image", "recon"):
+            self._timed("inspect", f"{self.base}{route}/{image_id}.png")
+
+    def walk(self, ids: list[int], steps: int, deadline: float) -> None:
+        started = time.perf_counter()
+        response = self.callback("walk", "walk-job.data", "walk-run.n_clicks", {
+            "walk-run.n_clicks": 1, "walk-ids.data": ids, "walk-method.value": "slerp", "walk-steps.value": steps,
+            "walk-options.value": [],
+        })
+        job = ((response or {}).get("response", {}).get("walk-job", {}) or {}).get("data")
+        if not job:
+            with self.lock:
+                self.result.failures.append(f"walk: no job started ({str(response)[:200]})")
+            return
+        while time.monotonic() < deadline + 30:
+            polled = self.callback("poll", "walk-result.data", "job-poll.n_intervals",
+                                   {"job-poll.n_intervals": 1, "walk-job.data": job, "grid-job.data": None})
+            result = ((polled or {}).get("response", {}).get("walk-result", {}) or {}).get("data")
+            if result:
+                for index in range(int(result["frames"])):
+                    self._timed("walk", f"{self.base}jobs/{result['job']}/frame-{index}.png")
+                with self.lock:
+                    self.result.latencies.setdefault("walk-complete", []).append(time.perf_counter() - started)
+                return
+            if polled is None:
+                return
+            time.sleep(0.15)
+        with self.lock:
+            self.result.failures.append("walk: not finished in time")
+
+
+def drive(base: str, ids: list[int], clients: int = 20, seconds: float = 30.0, seed: int = 0,
+          walk_every: int = 6, steps: int = 24) -> LoadResult:
+    """Run ``clients`` concurrent clients for ``seconds``; each loops hover, inspect and, now and then, a walk."""
+    dependencies = json.loads(urllib.request.urlopen(base.rstrip("/") + "/_dash-dependencies", timeout=30).read())
+    result, lock = LoadResult(), threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def run(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        client = Client(base, dependencies, result, lock)
+        round_ = 0
+        while time.monotonic() < deadline:
+            client.hover(rng.choice(ids))
+            client.inspect(rng.choice(ids))
+            if round_ % walk_every == index % walk_every:
+                client.walk(rng.sample(ids, 2), steps, deadline)
+            round_ += 1
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 120)
+    return result

@@ -1,0 +1,94 @@
+"""Plain HTTP routes beside the Dash callbacks: thumbnails, images, decodes, job files.
+
+Every image route takes an integer id and serves it only when the id is on the
+map (Flask's ``int`` converter already refuses anything else, so there is no
+path to traverse); job files are looked up by job id and a fixed set of names.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flask import Response, abort, jsonify, request
+
+from .data import ExplorerData
+from .jobs import JobManager
+
+IMAGE_CACHE = "private, max-age=3600"
+
+
+def _image(data: bytes | None, mimetype: str, cache: str = IMAGE_CACHE) -> Response:
+    if data is None:
+        abort(404)
+    response = Response(data, mimetype=mimetype)
+    response.headers["Cache-Control"] = cache
+    return response
+
+
+def hover_text(data: ExplorerData, image_id: int) -> str:
+    point = data.point(image_id)
+    parts = [f"id {image_id}"]
+    if point.get("label"):
+        parts.append(f"label {point['label']}")
+    score = data.default_score_column
+    if score and point.get(score) is not None and math.isfinite(point[score]):
+        parts.append(f"score {point[score]:.3f}")
+    return " · ".join(parts)
+
+
+def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = "/", extra_images=None) -> None:
+    """Add the routes under ``prefix`` (the Dash app's routes_pathname_prefix)."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+
+    def thumb(image_id: int):
+        return _image(data.thumbnail(image_id), "image/jpeg")
+
+    def original(image_id: int):
+        return _image(data.original_png(image_id), "image/png")
+
+    def reconstruction(image_id: int):
+        if not data.knows(image_id):
+            abort(404)
+        return _image(data.reconstruction_png(image_id), "image/png")
+
+    def heatmap(image_id: int):
+        if not data.knows(image_id) or extra_images is None:
+            abort(404)
+        return _image(extra_images(image_id), "image/png")
+
+    def info(image_id: int):
+        if not data.knows(image_id):
+            abort(404)
+        return jsonify({"id": image_id, "text": hover_text(data, image_id)})
+
+    def job_file(job_id: str, name: str):
+        job = jobs.get(job_id)
+        if job is None or job.state != "done" or not hasattr(job.result, "file"):
+            abort(404)
+        found = job.result.file(name)
+        if found is None:
+            abort(404)
+        payload, mimetype = found
+        response = _image(payload, mimetype, cache="private, max-age=600")
+        if name.startswith("download"):
+            response.headers["Content-Disposition"] = f'attachment; filename="{job.result.download_name(name)}"'
+        return response
+
+    owned = tuple(prefix + p for p in ("thumb/", "image/", "recon/", "heatmap/", "info/", "jobs/"))
+
+    def refuse_unmatched():
+        """Dash answers any unknown path with its page; under our prefixes an unmatched path is a 404."""
+        rule = request.url_rule
+        if request.path.startswith(owned) and (rule is None or not rule.endpoint.startswith("latentscope_")):
+            abort(404)
+
+    server.before_request(refuse_unmatched)
+    for rule, view in (
+        ("thumb/<int:image_id>.jpg", thumb),
+        ("image/<int:image_id>.png", original),
+        ("recon/<int:image_id>.png", reconstruction),
+        ("heatmap/<int:image_id>.png", heatmap),
+        ("info/<int:image_id>", info),
+        ("jobs/<string(length=12):job_id>/<string(maxlength=40):name>", job_file),
+    ):
+        server.add_url_rule(prefix + rule, endpoint=f"latentscope_{view.__name__}", view_func=view)

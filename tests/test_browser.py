@@ -1,0 +1,210 @@
+"""The explorer in a real headless Chromium: hover, click, select, sort, download; screenshots of each state."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not shutil.which("chromedriver") or not Path("/usr/bin/chromium").exists():
+    pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+
+from latentscope.dashboard import create_app  # noqa: E402
+
+SHOTS = Path(__file__).resolve().parents[1] / "tests" / "screenshots"
+
+
+def shot(dash_duo, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    dash_duo.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def point_position(dash_duo, image_id: int) -> tuple[float, float]:
+    """Pixel position of a point on the page, from plotly's own axis conversion."""
+    return dash_duo.driver.execute_script(
+        """
+        const gd = document.querySelector('#map .js-plotly-plot');
+        const id = arguments[0];
+        for (const trace of gd._fullData) {
+            const ids = trace.customdata;
+            if (!ids) continue;
+            for (let i = 0; i < ids.length; i++) {
+                if (ids[i] === id) {
+                    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                    const box = gd.getBoundingClientRect();
+                    return [box.left + xa._offset + xa.l2p(trace.x[i]), box.top + ya._offset + ya.l2p(trace.y[i])];
+                }
+            }
+        }
+        return null;
+        """,
+        image_id,
+    )
+
+
+def move_to(dash_duo, x: float, y: float, click: bool = False) -> None:
+    """Move the real mouse pointer to viewport position (x, y), optionally clicking there."""
+    builder = ActionBuilder(dash_duo.driver)
+    builder.pointer_action.move_to_location(int(round(x)), int(round(y)))
+    if click:
+        builder.pointer_action.click()
+    builder.perform()
+
+
+@pytest.fixture
+def explorer(dash_duo, explorer_scope):
+    app = create_app(explorer_scope, device="cpu")
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    time.sleep(0.5)
+    return dash_duo, app
+
+
+def test_page_loads_without_console_errors(explorer):
+    dash_duo, app = explorer
+    shot(dash_duo, "01-map")
+    assert dash_duo.find_element("#facts").text.startswith(f"{len(app.latentscope.data.points)} images")
+    assert dash_duo.get_logs() == []
+
+
+def test_hover_shows_thumbnail(explorer):
+    dash_duo, app = explorer
+    image_id = int(app.latentscope.data.points["id"].iloc[5])
+    x, y = point_position(dash_duo, image_id)
+    move_to(dash_duo, x, y)
+    dash_duo.wait_for_contains_text("#hover-text", f"id {image_id}", timeout=10)
+    src = dash_duo.find_element("#hover-img").get_attribute("src")
+    assert src.endswith(f"/thumb/{image_id}.jpg")
+    assert dash_duo.driver.execute_script("return document.querySelector('#hover-img').naturalWidth") > 0
+    shot(dash_duo, "02-hover")
+    assert dash_duo.get_logs() == []
+
+
+def test_click_inspects_a_point(explorer):
+    dash_duo, app = explorer
+    image_id = int(app.latentscope.data.points["id"].iloc[7])
+    x, y = point_position(dash_duo, image_id)
+    move_to(dash_duo, x, y, click=True)
+    wait_inspecting(dash_duo, image_id)
+    wait_images_loaded(dash_duo, "#inspect-panel img")
+    assert f"recon/{image_id}.png" in dash_duo.find_element("#inspect-panel").get_attribute("innerHTML")
+    shot(dash_duo, "03-inspect")
+    assert dash_duo.get_logs() == []
+
+
+def wait_inspecting(dash_duo, image_id: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while f"recon/{image_id}.png" not in dash_duo.find_element("#inspect-panel").get_attribute("innerHTML"):
+        assert time.monotonic() < deadline, f"the inspect panel never showed image {image_id}"
+        time.sleep(0.1)
+
+
+def wait_images_loaded(dash_duo, selector: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    script = f"return Array.from(document.querySelectorAll('{selector}')).every(i => i.complete && i.naturalWidth > 0)"
+    while not dash_duo.driver.execute_script(script):
+        assert time.monotonic() < deadline, f"images {selector} did not load"
+        time.sleep(0.1)
+
+
+def test_box_select_shows_gallery_with_matching_count(explorer):
+    dash_duo, app = explorer
+    points = app.latentscope.data.points
+    dash_duo.find_element(".modebar-btn[data-val='select']").click()
+    left, top, right, bottom = dash_duo.driver.execute_script(
+        """
+        const gd = document.querySelector('#map .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+        return [box.left + xa._offset, box.top + ya._offset, box.left + xa._offset + xa._length / 2, box.top + ya._offset + ya._length];
+        """
+    )
+    builder = ActionBuilder(dash_duo.driver)
+    builder.pointer_action.move_to_location(int(left + 2), int(top + 2)).pointer_down()
+    builder.pointer_action.move_to_location(int((left + right) / 2), int(bottom - 10))
+    builder.pointer_action.move_to_location(int(right), int(bottom - 2)).pointer_up()
+    builder.perform()
+    x_limit = dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#map .js-plotly-plot'); const xa = gd._fullLayout.xaxis;"
+        "return xa.p2l(xa._length / 2);"
+    )
+    expected = int((points["x"] <= x_limit).sum())
+    dash_duo.wait_for_contains_text("#selection-count", "selected", timeout=10)
+    count = int(dash_duo.find_element("#selection-count").text.split()[0].replace(",", ""))
+    assert abs(count - expected) <= 1 and count > 0
+    tiles = dash_duo.driver.find_elements("css selector", "#selection-gallery .thumb-button")
+    assert len(tiles) == min(count, 60)
+    shot(dash_duo, "04-selection")
+    assert dash_duo.get_logs() == []
+
+
+def test_anomaly_table_sorts_and_highlights_the_point(explorer):
+    dash_duo, app = explorer
+    tabs = dash_duo.driver.find_elements("css selector", "#panel-tabs .tab")
+    next(t for t in tabs if t.text == "Anomalies").click()
+    dash_duo.wait_for_element("#anomaly-table .dash-spreadsheet", timeout=10)
+    score_header = next(h for h in dash_duo.driver.find_elements("css selector", "#anomaly-table th.dash-header")
+                        if "score" in h.text)
+    score_header.find_element("css selector", ".column-header--sort").click()  # ascending
+    first_score = float(dash_duo.find_element("#anomaly-table td[data-dash-column='score']").text)
+    scores = app.latentscope.data.points["score:default"]
+    assert first_score == pytest.approx(scores.nsmallest(200).min(), abs=1e-3) or first_score == pytest.approx(
+        scores.nlargest(200).min(), abs=1e-3)
+    cell = dash_duo.find_element("#anomaly-table td[data-dash-column='id']")
+    row_id = int(cell.text)
+    cell.click()
+    script = ("const gd = document.querySelector('#map .js-plotly-plot');"
+              "const t = gd._fullData.find(d => d.name === 'focus'); return Array.from(t.customdata || []);")
+    deadline = time.monotonic() + 15
+    while dash_duo.driver.execute_script(script) != [row_id]:
+        assert time.monotonic() < deadline, "the table row's point was never highlighted on the map"
+        time.sleep(0.1)
+    shot(dash_duo, "05-anomalies")
+    assert dash_duo.get_logs() == []
+
+
+def test_click_two_points_walk_strip_and_gif_download(explorer, tmp_path):
+    dash_duo, app = explorer
+    tabs = dash_duo.driver.find_elements("css selector", "#panel-tabs .tab")
+    next(t for t in tabs if t.text == "Walk").click()
+    dash_duo.wait_for_element("#walk-run", timeout=10)
+    ids = app.latentscope.data.points["id"].iloc[[2, 30]].tolist()
+    for image_id in ids:
+        x, y = point_position(dash_duo, int(image_id))
+        move_to(dash_duo, x, y, click=True)
+        time.sleep(0.4)
+    dash_duo.wait_for_text_to_equal("#walk-points .chip:nth-child(3) span:last-child", f"id {ids[1]}", timeout=10)
+    steps = dash_duo.find_element("#walk-steps")
+    steps.clear()
+    steps.send_keys("12\t")
+    dash_duo.find_element("#walk-run").click()
+    deadline = time.monotonic() + 60
+    while len(dash_duo.driver.find_elements("css selector", "#walk-strip img")) != 12:
+        assert time.monotonic() < deadline, "the walk strip never showed 12 frames"
+        time.sleep(0.2)
+    wait_images_loaded(dash_duo, "#walk-strip img")
+    wait_images_loaded(dash_duo, "#walk-preview")
+    first = dash_duo.find_element("#walk-preview").get_attribute("src")
+    time.sleep(0.5)
+    assert dash_duo.find_element("#walk-preview").get_attribute("src") != first, "the animation should play"
+    path = dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#map .js-plotly-plot');"
+        "return gd._fullData.find(d => d.name === 'path').x.length;"
+    )
+    assert path == 12
+    href = dash_duo.find_element("#download-gif").get_attribute("href")
+    import urllib.request
+
+    from PIL import Image
+
+    gif = tmp_path / "walk.gif"
+    gif.write_bytes(urllib.request.urlopen(href, timeout=30).read())
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames == 12
+    shot(dash_duo, "06-walk")
+    assert dash_duo.get_logs() == []

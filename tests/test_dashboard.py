@@ -1,0 +1,314 @@
+"""Dashboard callbacks, routes and access control, without a browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("dash")
+
+from dash import Patch  # noqa: E402
+from dash._callback_context import context_value  # noqa: E402
+from dash._utils import AttributeDict  # noqa: E402
+from dash.exceptions import PreventUpdate  # noqa: E402
+
+from latentscope.dashboard import create_app  # noqa: E402
+from latentscope.dashboard.figures import OVERLAYS  # noqa: E402
+from latentscope.dashboard.jobs import JobManager  # noqa: E402
+from latentscope.dashboard.security import choose_token, is_loopback  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(explorer_scope):
+    return create_app(explorer_scope, device="cpu")
+
+
+@pytest.fixture
+def cb(app):
+    return app.latentscope.callbacks
+
+
+@pytest.fixture
+def client(app):
+    return app.server.test_client()
+
+
+def triggered(component_id):
+    context_value.set(AttributeDict(triggered_inputs=[{"prop_id": f"{component_id}.n_clicks", "value": 1}]))
+
+
+def test_map_uses_binary_float32_arrays_and_one_trace_per_label(app):
+    figure = app.layout["map"].figure
+    base = figure.data[: len(figure.data) - len(OVERLAYS)]
+    assert [t.name for t in base] == ["cats", "dogs", "owls"]
+    payload = figure.to_plotly_json()
+    from plotly.io.json import to_json_plotly
+
+    text = to_json_plotly(payload)
+    assert '"dtype":"f4"' in text and '"bdata"' in text
+
+
+def test_redraw_by_score_gives_a_colour_scale_and_keeps_overlays(cb):
+    ids = cb.data.points["id"].tolist()
+    figure, n_base = cb.redraw("score:default", 6, 0.7, ids[0], ids[1:3], None, {"path": [[0, 0], [1, 1]]})
+    assert n_base == 1
+    assert figure.data[0].marker.showscale
+    names = [t.name for t in figure.data[n_base:]]
+    assert list(names) == list(OVERLAYS)
+    assert len(figure.data[n_base + OVERLAYS.index("waypoints")].x) == 2
+    assert len(figure.data[n_base + OVERLAYS.index("focus")].x) == 1
+    assert list(figure.data[n_base + OVERLAYS.index("path")].x) == [0, 1]
+    figure, n_base = cb.redraw("cluster", 6, 0.7, None, [], None, None)
+    assert n_base >= 2
+
+
+def test_restyle_patches_only_marker_style(cb):
+    patch = cb.restyle(9, 0.5, 3)
+    assert isinstance(patch, Patch)
+    operations = patch.to_plotly_json()["operations"]
+    assert len(operations) == 6 and {op["params"]["value"] for op in operations} == {9, 0.5}
+
+
+def test_click_inspects_and_in_walk_tab_adds_waypoints(cb):
+    first, second = cb.data.points["id"].iloc[:2].tolist()
+    click = {"id": first, "at": 1}
+    assert cb.click(click, "inspect", []) == (first, cb_no_update())
+    focus, walk = cb.click(click, "walk", [])
+    assert (focus, walk) == (first, [first])
+    _, walk = cb.click({"id": second, "at": 2}, "walk", walk)
+    assert walk == [first, second]
+    with pytest.raises(PreventUpdate):
+        cb.click({"id": 10**6, "at": 3}, "walk", walk)
+    with pytest.raises(PreventUpdate):
+        cb.click(None, "walk", walk)
+
+
+def cb_no_update():
+    from dash import no_update
+
+    return no_update
+
+
+def test_inspect_panel_lists_facts_images_and_neighbours(cb):
+    image_id = int(cb.data.points["id"].iloc[3])
+    panel = str(cb.inspect_panel(image_id))
+    assert f"image/{image_id}.png" in panel and f"recon/{image_id}.png" in panel
+    assert "rank" in panel and "Nearest neighbours" in panel
+    neighbours = cb.data.neighbours(image_id, 5)
+    assert len(neighbours) == 5 and image_id not in neighbours
+    with pytest.raises(PreventUpdate):
+        cb.inspect_panel(None)
+
+
+def test_neighbour_and_gallery_clicks_focus_that_image(cb):
+    context_value.set(AttributeDict(triggered_inputs=[{"prop_id": '{"id":7,"type":"thumb","where":"gallery"}.n_clicks', "value": 1}]))
+    assert cb.neighbour_click([0, 1]) == 7
+    with pytest.raises(PreventUpdate):
+        cb.neighbour_click([0, 0])
+
+
+def test_selection_gallery_and_groups(cb):
+    ids = cb.data.points["id"].tolist()
+    selection, tab = cb.selection(ids[:5] + [ids[0], 10**7])
+    assert tab == "select"
+    assert selection == ids[:5]
+    count, tiles = cb.gallery(selection)
+    assert count == "5 selected" and len(tiles) == 5
+    triggered("set-group-a")
+    group_a, group_b, summary, _ = cb.set_group(1, 0, selection, [], [])
+    assert group_a == ids[:5] and group_b == [] and "group A: 5" in summary
+    triggered("set-group-b")
+    group_a, group_b, _, _ = cb.set_group(1, 1, ids[5:9], group_a, [])
+    assert group_b == ids[5:9]
+
+
+def test_anomaly_threshold_and_table(cb):
+    scores = cb.data.points["score:default"]
+    threshold = float(scores.quantile(0.8))
+    patch, text = cb.highlight_above(threshold, 3)
+    expected = int((scores >= threshold).sum())
+    assert f"{expected} images" in text
+    operations = patch.to_plotly_json()["operations"]
+    assert len(operations[0]["params"]["value"]) == expected
+    rows = cb.table_rows("score:default")
+    assert rows[0]["score"] == pytest.approx(scores.max())
+    assert cb.table_focus({"row": 0, "column": 0}, rows) == rows[0]["id"]
+
+
+def test_walk_chips_and_clear(cb):
+    ids = cb.data.points["id"].tolist()[:3]
+    chips = cb.walk_chips(ids)
+    assert sum(1 for c in chips if getattr(c, "className", "") == "chip") == 3
+    assert cb.clear_walk(1) == ([], None)
+
+
+def test_routes_serve_only_manifest_ids(client, cb):
+    image_id = int(cb.data.points["id"].iloc[0])
+    thumb = client.get(f"/thumb/{image_id}.jpg")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    original = client.get(f"/image/{image_id}.png")
+    assert original.status_code == 200 and Image.open(io.BytesIO(original.data)).size[0] > 0
+    recon = client.get(f"/recon/{image_id}.png")
+    assert Image.open(io.BytesIO(recon.data)).size == (32, 32)
+    assert "id" in client.get(f"/info/{image_id}").get_json()["text"]
+    for path in ("/thumb/99999.jpg", "/thumb/-1.jpg", "/thumb/..%2F..%2Fetc%2Fpasswd", "/image/%2Fetc%2Fpasswd",
+                 "/image/../../etc/passwd", "/jobs/abcdefabcdef/walk.gif", "/info/abc", "/recon/12345678.png"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_token_required_off_loopback(explorer_scope):
+    app = create_app(explorer_scope, token="s3cret", device="cpu")
+    client = app.server.test_client()
+    assert client.get("/").status_code == 401
+    assert client.get("/thumb/0.jpg").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    first = client.get("/?token=s3cret")
+    assert first.status_code == 200 and "latentscope_token" in first.headers.get("Set-Cookie", "")
+    assert client.get("/thumb/0.jpg").status_code == 200  # the cookie carries the token now
+    basic = base64.b64encode(b"anyone:s3cret").decode()
+    assert app.server.test_client().get("/", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+
+
+def test_choose_token():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    assert choose_token("127.0.0.1", None, False) is None
+    assert len(choose_token("0.0.0.0", None, False)) > 20
+    warnings = []
+    assert choose_token("0.0.0.0", None, True, warnings.append) is None and "WARNING" in warnings[0]
+
+
+def test_job_manager_runs_reports_and_prunes():
+    jobs = JobManager(workers=1)
+
+    def work(job, n):
+        for i in range(n):
+            job.progress(i + 1, n, f"step {i + 1}")
+        return n * 2
+
+    job = jobs.submit("test", work, 3)
+    for _ in range(200):
+        if job.state == "done":
+            break
+        import time
+
+        time.sleep(0.01)
+    assert job.state == "done" and job.result == 6 and job.status()["done"] == 3
+
+    def fail(job):
+        raise ValueError("bad input")
+
+    failed = jobs.run_now("test", fail)
+    assert failed.state == "error" and "bad input" in failed.error
+    assert jobs.get("nope") is None and jobs.get(job.id) is job
+
+
+def test_wsgi_entry_point_needs_scope_and_token(explorer_scope, monkeypatch):
+    import importlib
+    import sys
+
+    for name in ("LATENTSCOPE_TOKEN", "LATENTSCOPE_NO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LATENTSCOPE_SCOPE", str(explorer_scope))
+    sys.modules.pop("apps.wsgi", None)
+    with pytest.raises(SystemExit, match="LATENTSCOPE_TOKEN"):
+        importlib.import_module("apps.wsgi")
+    monkeypatch.setenv("LATENTSCOPE_TOKEN", "t0ken")
+    monkeypatch.setenv("LATENTSCOPE_PREFIX", "/explore/")
+    monkeypatch.setenv("LATENTSCOPE_DEVICE", "cpu")
+    sys.modules.pop("apps.wsgi", None)
+    wsgi = importlib.import_module("apps.wsgi")
+    client = wsgi.server.test_client()
+    assert client.get("/explore/").status_code == 401
+    assert client.get("/explore/?token=t0ken").status_code == 200
+    assert client.get("/explore/thumb/0.jpg").status_code == 200
+
+
+def wait_job(cb, ref, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while cb.jobs.get(ref["id"]).state in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return cb.jobs.get(ref["id"])
+
+
+def test_walk_job_lifecycle_and_files(cb, client):
+    ids = cb.data.points["id"].tolist()
+    ref, disabled, progress = cb.start_walk(1, ids[:2], "slerp", 10, ["even"])
+    assert disabled is False and "walk" in str(progress)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error
+    messages, result, mosaic, stop, cleared_walk, cleared_grid = cb.poll(1, ref, None)
+    assert messages is None and stop is True and cleared_walk is None
+    assert result["frames"] == 10 and len(result["path"]) == 10
+    view = cb.walk_view(result, 3)
+    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch, paused = view
+    assert paused is False and preview.endswith("frame-0.png")
+    assert style == {} and len(strip) == 10 and last == 9 and "even spacing" in meta
+    for href, kind in ((gif, "GIF"), (png, "PNG")):
+        response = client.get("/" + href)
+        assert response.status_code == 200
+        assert Image.open(io.BytesIO(response.data)).format == kind
+    assert client.get("/" + mp4).data[4:8] == b"ftyp"
+    assert "attachment" in client.get("/" + gif).headers["Content-Disposition"]
+    assert client.get(f"/jobs/{ref['id']}/frame-9.png").status_code == 200
+    assert client.get(f"/jobs/{ref['id']}/frame-10.png").status_code == 404
+    assert client.get(f"/jobs/{ref['id']}/secrets.txt").status_code == 404
+    marker = cb.frame_marker(3, result, 3).to_plotly_json()["operations"]
+    assert marker[0]["params"]["value"] == [result["path"][3][0]]
+
+
+def test_walk_needs_two_points_and_direction_needs_groups(cb):
+    ref, disabled, message = cb.start_walk(1, [0], "slerp", 10, [])
+    assert disabled is True and "two points" in str(message)
+    _, _, message = cb.start_direction(1, None, [1], [2], [0, 1], "slerp", 8)
+    assert "inspect an image first" in str(message)
+    _, _, message = cb.start_direction(1, 0, [], [2], [0, 1], "slerp", 8)
+    assert "group A and group B" in str(message)
+    ids = cb.data.points["id"].tolist()
+    ref, disabled, _ = cb.start_direction(1, ids[0], ids[1:5], ids[5:9], [-1, 1], "noise-slerp", 8)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error and len(job.result.pixels) == 8
+
+
+def test_failed_job_is_reported(cb, monkeypatch):
+    from latentscope.dashboard import actions
+
+    def broken(job, data, spec):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(actions, "run_walk", broken)
+    ids = cb.data.points["id"].tolist()
+    ref, _, _ = cb.start_walk(1, ids[:2], "lerp", 4, [])
+    wait_job(cb, ref)
+    messages, result, _, stop, cleared, _ = cb.poll(1, ref, None)
+    assert "decoder exploded" in str(messages) and stop is True and cleared is None
+
+
+def test_mosaic_over_view_and_view_range(cb, client):
+    assert cb.view_range({"xaxis.range[0]": 0, "xaxis.range[1]": 1, "yaxis.range[0]": -1, "yaxis.range[1]": 2}, None) == [0, 1, -1, 2]
+    assert cb.view_range({"xaxis.autorange": True}, [0, 1, 0, 1]) is None
+    with pytest.raises(PreventUpdate):
+        cb.view_range({"dragmode": "select"}, None)
+    ref, disabled, _ = cb.start_mosaic(1, 4, None)
+    job = wait_job(cb, ref)
+    assert job.state == "done", job.error
+    _, _, mosaic, _, _, cleared = cb.poll(1, None, ref)
+    assert "mosaic.png" in str(mosaic) and cleared is None
+    image = Image.open(io.BytesIO(client.get(f"/jobs/{ref['id']}/mosaic.png").data))
+    assert image.size == (4 * 32 + 3, 4 * 32 + 3)
+
+
+def test_latents_at_blends_real_latents_near_map_points(cb):
+    xy = cb.data.points[["x", "y"]].to_numpy()[:3]
+    latents = cb.data.latents_at(xy)
+    assert latents.shape == (3, 4, 16, 16)
+    exact = cb.data.latents(cb.data.points["id"].iloc[:3])
+    assert np.abs(latents - exact).max() < 1e-2  # on a real point the blend is that point
+    positions = cb.data.map_positions(exact)
+    assert np.abs(positions - xy).max() < 1e-3
