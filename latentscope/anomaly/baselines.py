@@ -71,14 +71,14 @@ class _NearestNeighbours(Method):
     def fit(self, reference: Batch) -> "_NearestNeighbours":
         reference = _subsample(reference, MAX_REFERENCE, self.seed)
         self.reference_ = torch.from_numpy(self._features(reference))
-        self.reference_ids_ = torch.from_numpy(reference.ids)
+        self.reference_ids_ = torch.as_tensor(np.array(reference.ids, dtype=np.int64))
         if len(reference) <= self.k:
             raise InputError(f"{self.name}: {len(reference)} reference images, need more than k={self.k}")
         return self
 
     def score(self, batch: Batch) -> Scores:
         queries = torch.from_numpy(self._features(batch))
-        ids = torch.from_numpy(batch.ids)
+        ids = torch.as_tensor(np.array(batch.ids, dtype=np.int64))
         out = []
         for start in range(0, len(queries), 256):
             distances = torch.cdist(queries[start : start + 256], self.reference_)
