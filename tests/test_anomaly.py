@@ -265,7 +265,7 @@ def test_heatmap_png_from_stored_maps_and_recomputed(digits_scope):
     stored, recomputed = Heatmaps(digits_scope, "withmaps"), Heatmaps(digits_scope, "nomaps")
     for image_id in (0, 17):
         np.testing.assert_allclose(recomputed.error_map(image_id), stored.error_map(image_id), rtol=2e-3, atol=2e-2)
-    png = heatmap_png(digits_scope, 0, "withmaps")
+    png = heatmap_png(digits_scope, "withmaps", 0)
     with Image.open(__import__("io").BytesIO(png)) as img:
         assert img.format == "PNG" and img.size == (256, 256)
     with pytest.raises(ScopeError):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ScopeError
+from ..errors import ImageError, ModelError, ScopeError
 from ..fileio import load_npy, write_bytes
 from ..scope import Scope
 from .maps import overlay, png_bytes
@@ -99,9 +99,44 @@ class Heatmaps:
         return png_bytes(self.overlay(image_id))
 
 
-def heatmap_png(scope, image_id: int, name: str = "default", **options) -> bytes:
-    """PNG bytes of one image's heatmap overlay (opens the scope each call; keep a :class:`Heatmaps` for many)."""
+    def can_render(self) -> bool:
+        """Whether overlays can be drawn: stored maps, or a diffusion score whose maps can be recomputed."""
+        if self.files.get("maps") and (self.scope.path / "scores" / self.files["maps"]).exists():
+            return True
+        return self.params.get("method") == "diffusion" and bool(self.files.get("calibration"))
+
+    def png_or_none(self, image_id: int) -> bytes | None:
+        """PNG bytes, or None (logged) when this image has no heatmap: unscored, or its file is unreadable now."""
+        try:
+            return self(image_id)
+        except (ScopeError, ImageError, ModelError) as exc:
+            log.info("no heatmap for image %s: %s", image_id, exc)
+            return None
+
+
+def heatmap_png(scope, name: str, image_id: int, **options) -> bytes:
+    """PNG bytes of the heatmap overlay of image ``image_id`` for the stored score ``name`` of ``scope``.
+
+    Opens the scope on each call; keep a :class:`Heatmaps` (``Heatmaps(scope, name)(image_id)``) to draw many.
+    """
     return Heatmaps(scope, name, **options)(image_id)
+
+
+def heatmap_renderer(scope, name: str | None = None, **options):
+    """``image id -> PNG bytes or None`` for the score ``name`` (default: ``default``, else the first stored
+    score), or None when the scope has no score whose heatmaps can be drawn (a baseline without maps)."""
+    scope = scope if isinstance(scope, Scope) else Scope(scope)
+    stored = list(scope.meta.get("scores", {}))
+    if name is None:
+        name = "default" if "default" in stored else (stored[0] if stored else None)
+    if name is None or name not in stored:
+        return None
+    try:
+        render = Heatmaps(scope, name, **options)
+    except (ScopeError, ImageError) as exc:
+        log.warning("%s: heatmaps of score %r unavailable: %s", scope.path, name, exc)
+        return None
+    return render.png_or_none if render.can_render() else None
 
 
 def export_heatmaps(scope, folder: str | os.PathLike, name: str = "default", ids=None, **options) -> list[Path]:

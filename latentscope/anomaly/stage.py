@@ -47,7 +47,7 @@ STAGE = "score"
 DEFAULT_REFERENCE_SIZE = 512
 MAPS_SUFFIX = ".maps.npy"
 CALIBRATION_SUFFIX = ".calibration.npz"
-DISPLAY_QUANTILE = 0.99  # heatmap colours saturate at this quantile of the per-image map maxima
+DISPLAY_QUANTILE = 0.9  # heatmap colours saturate at this quantile of the per-image map maxima (the top tenth glow)
 
 
 # --------------------------------------------------------------------------- reading a scope's images
@@ -205,17 +205,19 @@ class _Pass:
         writer = ShardWriter(self.folder / "done", self.checkpoint_seconds)
         failures = ShardWriter(self.folder / "failed", 0.0)
         loader = self.images.batches(todo, self.batch_size, self.workers)
-        with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=desc, disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for batch, bad in loader:
-                if batch is not None:
-                    writer.add(work(batch))
-                if bad:
-                    failures.add(_failed_arrays(bad))
-                    summary.skipped.update(bad)
-                bar.update((len(batch) if batch is not None else 0) + len(bad))
-        writer.flush()
-        failures.flush()
+        try:
+            with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=desc, disable=not progress,
+                      dynamic_ncols=True) as bar:
+                for batch, bad in loader:
+                    if batch is not None:
+                        writer.add(work(batch))
+                    if bad:
+                        failures.add(_failed_arrays(bad))
+                        summary.skipped.update(bad)
+                    bar.update((len(batch) if batch is not None else 0) + len(bad))
+        finally:  # interrupted or not, every finished batch is kept for the next run
+            writer.flush()
+            failures.flush()
         return load_shards(self.folder / "done")
 
 
