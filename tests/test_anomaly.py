@@ -69,13 +69,13 @@ def models():
 
 @pytest.fixture(scope="module")
 def digits_scope(tmp_path_factory):
-    """40 unseen digits; the first 4 carry a solid blob."""
+    """40 unseen digits; the first 2 carry a solid blob."""
     import latentscope
 
     images, _ = unseen_digits()
     pixels = images[200:240].copy()
-    blobbed = paste_defects(pixels[:4], ("blob",), seed=3)
-    pixels[:4] = blobbed.images
+    blobbed = paste_defects(pixels[:2], ("blob",), seed=3)
+    pixels[:2] = blobbed.images
     out = tmp_path_factory.mktemp("anomaly") / "digits.scope"
     latentscope.encode(pixels, MODEL, out, progress=False)
     return out
@@ -145,41 +145,77 @@ def test_defects_on_a_flat_image_fall_back_to_a_visible_kind():
 # --------------------------------------------------------------------------- calibration maths
 
 
+def numpy_tail_surprise(values, reference, quantile=0.9):
+    """-log P(X >= v): empirical below the reference's 90th percentile, exponential above it with the scale
+    an exponential would have between the 50th and 90th percentiles."""
+    u, q50, q90 = np.quantile(reference, [quantile, 0.5, 0.9])
+    beta = (q90 - q50) / np.log(5)
+    out = []
+    for v in values:
+        if v > u:
+            out.append(-np.log((1 - quantile) * np.exp(-(v - u) / beta)))
+        else:
+            out.append(-np.log(max(1 - (reference < v).sum() / (len(reference) + 1), 1 - quantile)))
+    return np.array(out)
+
+
 def test_multi_level_z_scoring_matches_numpy():
     rng = np.random.default_rng(0)
     levels = (0.0, 0.2, 0.5)
     ref = LevelErrors(rng.gamma(2.0, 1.0, (50, 3, 6, 6)).astype(np.float32), rng.gamma(2.0, 1.0, (50, 3)).astype(np.float32))
     test = LevelErrors(rng.gamma(2.0, 1.5, (7, 3, 6, 6)).astype(np.float32), rng.gamma(2.0, 1.5, (7, 3)).astype(np.float32))
-    scorer = DiffusionScore(None, None, levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36).fit_errors(ref)
-    out = scorer.score_errors(test)
+    ref_latents, test_latents = rng.normal(size=(50, 2, 2, 2)), rng.normal(size=(7, 2, 2, 2)) * 1.5
+    terms = ("local", "global", "latent", "density")
+    scorer = DiffusionScore(None, None, levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36, terms=terms, k=3)
+    scorer.fit_errors(ref, ref_latents, np.arange(50))
+    out = scorer.score_errors(test, test_latents, np.arange(100, 107))
 
     def robust_z(values, reference):
         median = np.median(reference, axis=0)
         return (values - median) / (MAD_TO_SIGMA * np.median(np.abs(reference - median), axis=0))
 
+    def knn(queries, own_rows=None):  # mean distance to the 3 nearest reference latents, never the image itself
+        d = np.linalg.norm(queries.reshape(len(queries), 1, -1) - ref_latents.reshape(1, 50, -1), axis=2)
+        if own_rows is not None:
+            d[np.arange(len(queries)), own_rows] = np.inf
+        return np.sort(d, axis=1)[:, :3].mean(axis=1)
+
     heat = robust_z(test.maps, ref.maps).mean(axis=1)  # per position, per level, then the mean over levels
     np.testing.assert_allclose(out.maps, heat, rtol=1e-5, atol=1e-5)
+    ref_global = [robust_z(ref.maps[:, i].mean(axis=(1, 2)), ref.maps[:, i].mean(axis=(1, 2))) for i in range(3)]
     global_term = np.mean([robust_z(test.maps[:, i].mean(axis=(1, 2)), ref.maps[:, i].mean(axis=(1, 2))) for i in range(3)], axis=0)
     latent_term = np.mean([robust_z(test.latent[:, i], ref.latent[:, i]) for i in (1, 2)], axis=0)  # level 0 has no latent error
+    ref_latent = np.mean([robust_z(ref.latent[:, i], ref.latent[:, i]) for i in (1, 2)], axis=0)
     ref_heat = robust_z(ref.maps, ref.maps).mean(axis=1).reshape(50, -1)
-    local_raw = np.sort(heat.reshape(7, -1), axis=1)[:, -2:].mean(axis=1)
-    local_term = robust_z(local_raw, np.sort(ref_heat, axis=1)[:, -2:].mean(axis=1))
+    ref_local_raw = np.sort(ref_heat, axis=1)[:, -2:].mean(axis=1)
+    local_term = robust_z(np.sort(heat.reshape(7, -1), axis=1)[:, -2:].mean(axis=1), ref_local_raw)
+    ref_density_raw = knn(ref_latents, np.arange(50))
+    density_term = robust_z(knn(test_latents), ref_density_raw)
     np.testing.assert_allclose(out.parts["global"], global_term, rtol=1e-5)
     np.testing.assert_allclose(out.parts["latent"], latent_term, rtol=1e-5)
     np.testing.assert_allclose(out.parts["local"], local_term, rtol=1e-4)
-    np.testing.assert_allclose(out.scores, (global_term + latent_term + local_term) / 3, rtol=1e-4)
+    np.testing.assert_allclose(out.parts["density"], density_term, rtol=1e-5)
     level_2 = (robust_z(test.maps[:, 2].mean(axis=(1, 2)), ref.maps[:, 2].mean(axis=(1, 2)))
                + robust_z(test.latent[:, 2], ref.latent[:, 2])) / 2
     np.testing.assert_allclose(out.parts["t0.50"], level_2, rtol=1e-5)
+    # the score: the largest tail surprise of the terms under the reference images' own distribution of each term
+    surprises = [numpy_tail_surprise(local_term, robust_z(ref_local_raw, ref_local_raw)),
+                 numpy_tail_surprise(global_term, np.mean(ref_global, axis=0)),
+                 numpy_tail_surprise(latent_term, ref_latent),
+                 numpy_tail_surprise(density_term, robust_z(ref_density_raw, ref_density_raw))]
+    np.testing.assert_allclose(out.scores, np.max(surprises, axis=0), rtol=1e-4)
 
 
 def test_calibration_round_trips_through_plain_arrays():
     rng = np.random.default_rng(1)
     ref = LevelErrors(rng.random((20, 2, 4, 4), np.float32), rng.random((20, 2), np.float32))
     test = LevelErrors(rng.random((3, 2, 4, 4), np.float32), rng.random((3, 2), np.float32))
-    fitted = DiffusionScore(None, None, levels=(0.0, 0.3)).fit_errors(ref)
+    ref_latents, test_latents = rng.normal(size=(20, 4, 2, 2)), rng.normal(size=(3, 4, 2, 2))
+    fitted = DiffusionScore(None, None, levels=(0.0, 0.3)).fit_errors(ref, ref_latents)
     loaded = DiffusionScore(None, None, levels=(0.0, 0.3)).load_calibration(fitted.calibration())
-    np.testing.assert_array_equal(fitted.score_errors(test).scores, loaded.score_errors(test).scores)
+    np.testing.assert_array_equal(fitted.score_errors(test, test_latents).scores, loaded.score_errors(test, test_latents).scores)
+    with pytest.raises(InputError, match="latents"):
+        DiffusionScore(None, None, levels=(0.0, 0.3)).fit_errors(ref)
 
 
 # --------------------------------------------------------------------------- the diffusion score on a trained model
@@ -221,13 +257,13 @@ def test_score_scope_writes_scores_maps_and_provenance(digits_scope):
     scope = Scope(digits_scope)
     frame = scope.read_scores("fast")
     assert len(frame) == 40 and list(frame.columns[:2]) == ["id", "score"]
-    assert {"local", "global", "latent", "t0.00", "t0.10"} <= set(frame.columns)
+    assert {"local", "global", "latent", "density", "t0.00", "t0.10"} <= set(frame.columns)
     assert frame["id"].is_monotonic_increasing and np.isfinite(frame["score"]).all()
     entry = scope.meta["scores"]["fast"]
     assert entry["params"]["levels"] == [0.0, 0.1] and entry["params"]["draws"] == 2 and entry["params"]["reference"] == "self"
     maps = np.load(digits_scope / "scores" / "fast.maps.npy", mmap_mode="r")
     assert maps.shape == (40, SIZE, SIZE) and maps.dtype == np.float16
-    assert set(summary.top["id"]) == {0, 1, 2, 3}  # the blobbed digits
+    assert set(summary.top["id"][:2]) == {0, 1}  # the blobbed digits
     assert not scope.partial_dir("score").joinpath("fast").exists()
     assert "most anomalous 4:" in "\n".join(summary.lines())
 
@@ -277,8 +313,8 @@ def test_baselines_score_a_scope(digits_scope, method):
     summary = score(digits_scope, name=method, method=method, progress=False, batch_size=16, top=4)
     frame = Scope(digits_scope).read_scores(method)
     assert len(frame) == 40 and np.isfinite(frame["score"]).all()
-    labels = np.r_[np.ones(4), np.zeros(36)]
-    if method in ("roundtrip", "pca-pixel"):  # kNN and the forest on 36 references are weak on small blobs (see the issue)
+    labels = np.r_[np.ones(2), np.zeros(38)]
+    if method == "roundtrip":  # the others are weak on two small blobs among 40 images (see the issue)
         assert auroc(labels, frame.sort_values("id")["score"]) > 0.6, method
     assert summary.method == method
 

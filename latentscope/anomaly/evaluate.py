@@ -160,6 +160,8 @@ def evaluate(
     for name in methods:
         opts = {"seed": seed, **(options or {}), "batch_size": batch_size} if name == "diffusion" else {"seed": seed}
         built[name] = build_method(name, codec, denoiser, opts)
+        if name == "diffusion":  # the density term measures against every training image, like the kNN baseline
+            built[name].set_density_reference(reference.latents, reference.ids)
     results, seconds = run_methods(built, reference, test, reference.take(sample))
     rows = []
     for case in pool.cases:

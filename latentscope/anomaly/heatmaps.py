@@ -78,7 +78,7 @@ class Heatmaps:
             from .diffusion import DiffusionScore
 
             codec, denoiser = resolve_models(self.scope, self.model or self.params.get("model"), True, self.device)
-            keys = ("levels", "steps", "draws", "seed", "smoothing", "floor", "top_k", "terms")
+            keys = ("levels", "steps", "draws", "seed", "smoothing", "floor", "top_k", "terms", "k")
             self._scorer = DiffusionScore(codec, denoiser, **{k: self.params[k] for k in keys if k in self.params})
             with np.load(self.scope.path / "scores" / self.files["calibration"], allow_pickle=False) as stored:
                 self._scorer.load_calibration({k: stored[k] for k in stored.files})

@@ -39,6 +39,7 @@ from ..loader import PrefetchLoader
 from ..scope import Scope, check_name
 from .base import Batch, Method, Scores
 from .checkpoints import ShardWriter, load_shards
+from .diffusion import MAX_DENSITY_REFERENCE
 from .reconstruct import LevelErrors
 
 log = logging.getLogger(__name__)
@@ -323,9 +324,14 @@ def score(
         if measured is None or len(measured["ids"]) < 2:
             raise ScopeError(f"{ref_images.scope.path}: fewer than 2 reference images could be read")
         errors = LevelErrors(measured["maps"], measured["latent"])
-        scorer.fit_errors(errors)
+        # ids of another scope's images are shifted below zero so they never match a scored image's own id
+        shift = (lambda ids: ids) if self_reference else (lambda ids: -1 - np.asarray(ids, np.int64))
+        density_ids = _sample_ids(ref_images.ids, MAX_DENSITY_REFERENCE, seed)
+        scorer.set_density_reference(_latents_for(ref_images, density_ids), shift(density_ids))
+        ref_latents = _latents_for(ref_images, measured["ids"])
+        scorer.fit_errors(errors, ref_latents, shift(measured["ids"]))
         if self_reference:
-            reference_results = _scores_arrays(measured["ids"], scorer.score_errors(errors))
+            reference_results = _scores_arrays(measured["ids"], scorer.score_errors(errors, ref_latents, measured["ids"]))
     else:
         scorer.fit(_load_all(ref_images, ref_ids, batch_size, workers, method, progress))
 
