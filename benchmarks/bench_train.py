@@ -149,7 +149,7 @@ def _bare_images_per_second(plan, steps: int, seed: int) -> float:
     torch.manual_seed(seed)
     vae = ae_phase.build_autoencoder(plan).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.learning_rate)
-    batch = torch.rand(plan.batch_size, 3, *plan.size) * 2 - 1
+    batch = ae_phase.to_model_range(torch.randint(0, 256, (plan.batch_size, 3, *plan.size), dtype=torch.uint8))
     started = time.perf_counter()
     for _ in range(steps):
         posterior = vae.encode(batch).latent_dist

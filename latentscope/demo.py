@@ -2,8 +2,8 @@
 
 The demo is a list of stages (:data:`STAGES`). Each stage is a function that
 takes the :class:`DemoRun` and returns the lines it reports; it may store what
-later stages need in ``run.results``. Adding a stage (projection, scoring, the
-dashboard) is one function and one entry in the list.
+later stages need in ``run.results``. Adding a stage is one function and one
+entry in the list. After the stages, :func:`run_demo` can serve the explorer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .runtime import cache_dir
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "builtin:digits"
+DEMO_MAP = "default"
 
 
 @dataclass
@@ -71,6 +72,15 @@ def encode_images(run: DemoRun) -> list[str]:
     return ["encode:", *("  " + line for line in summary.lines())]
 
 
+def project_latents(run: DemoRun) -> list[str]:
+    from .projection import map_is_current, project
+
+    if map_is_current(run.scope, DEMO_MAP):
+        return [f"map: {DEMO_MAP!r} is up to date with the latents (reused)"]
+    summary = project(run.scope, DEMO_MAP, progress=run.progress)
+    return ["project:", *("  " + line for line in summary.lines())]
+
+
 Stage = Callable[[DemoRun], list[str]]
 
 #: The demo's stages, in order.
@@ -78,6 +88,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("images", write_images),
     ("model", train_model),
     ("encode", encode_images),
+    ("project", project_latents),
 ]
 
 
@@ -86,8 +97,11 @@ def default_workdir() -> Path:
 
 
 def run_demo(workdir: str | Path | None = None, retrain: bool = False, device: str = "auto", progress: bool = True,
-             report: Callable[[str], None] = log.info) -> DemoRun:
-    """Run every stage in order, passing each report line to ``report`` as soon as the stage is done."""
+             report: Callable[[str], None] = log.info, serve: bool = False, port: int = 8050) -> DemoRun:
+    """Run every stage in order, passing each report line to ``report`` as soon as the stage is done.
+
+    With ``serve`` the explorer is served on 127.0.0.1:``port`` afterwards (until interrupted).
+    """
     run = DemoRun(Path(workdir).expanduser().resolve() if workdir else default_workdir(), retrain, device, progress)
     run.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -97,4 +111,8 @@ def run_demo(workdir: str | Path | None = None, retrain: bool = False, device: s
             report(line)
         run.results.setdefault("seconds", {})[name] = round(time.perf_counter() - stage_started, 2)
     report(f"demo finished in {time.perf_counter() - started:.1f} s; work folder {run.workdir}")
+    if serve:
+        from .dashboard import serve as serve_dashboard
+
+        serve_dashboard(run.scope, port=port, map_name=DEMO_MAP, model=run.model, device=device, announce=report)
     return run

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import stat
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,26 +24,24 @@ import torch
 from tqdm.auto import tqdm
 
 from .codec import Codec
-from .errors import ImageError, InputError, ScopeError
+from .errors import InputError, ScopeError
 from .fileio import atomic_path, load_npy, read_json, write_json, write_npy, write_parquet
 from .images import (
     DEFAULT_MAX_PIXELS,
     RESIZE_POLICIES,
-    THUMB_SIZE,
     FoundImage,
     find_images,
     label_from_relpath,
     parse_size,
-    prepare_image,
-    read_file,
-    sha256_bytes,
     write_array_images,
 )
 from .loader import PrefetchLoader
+from .reading import Preparer, ReadItem, ReadTask
 from .scope import LATENTS_FILE, NEXT_SUFFIX, Scope, normalise_manifest
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("local", "ray")
 CHECKPOINT_IMAGES = 1024
 TILING_AUTO_SIDE = 1024  # larger images are encoded tile by tile so memory stays bounded
 CHECKPOINT_SECONDS = 30.0
@@ -85,25 +81,6 @@ class EncodeSummary:
         return out
 
 
-@dataclass
-class _Task:
-    id: int
-    found: FoundImage
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class _Item:
-    task: _Task
-    sha256: str = ""
-    width: int = 0
-    height: int = 0
-    pixels: np.ndarray | None = None
-    error: str = ""
-    reuse_row: int = -1  # latent row of an identical image already in the scope
-
-
 def parse_background(value) -> tuple[int, int, int]:
     if isinstance(value, str):
         text = value.strip().lower()
@@ -127,56 +104,14 @@ def _stat_signature(found: FoundImage) -> tuple[int, int]:
 
 
 class _Encoder:
-    """Holds the settings of one run; its methods run in loader threads and the main thread."""
+    """Runs the model over prepared batches; batches and seeds are the same in every engine."""
 
-    def __init__(self, scope: Scope, codec: Codec, params: dict, known: dict[str, tuple[int, int, int, int]], thumbnails: bool):
-        self.scope = scope
+    def __init__(self, codec: Codec, sample: bool, seed: int):
         self.codec = codec
-        self.size = tuple(params["size"])
-        self.resize = params["resize"]
-        self.background = tuple(params["background"])
-        self.max_pixels = params["max_pixels"]
-        self.sample = params["sample"]
-        self.seed = params["seed"]
-        self.known = known  # sha256 -> (latent row, width, height, id)
-        self.thumbnails = thumbnails
-        (scope.path / "thumbs").mkdir(exist_ok=True)
+        self.sample = sample
+        self.seed = seed
 
-    def prepare(self, task: _Task) -> _Item:
-        item = _Item(task)
-        if task.found.error:
-            item.error = task.found.error
-            return item
-        try:
-            mode = os.stat(task.found.path).st_mode
-            if not stat.S_ISREG(mode):
-                raise ImageError("not a regular file")
-            data = read_file(task.found.path)
-            item.sha256 = sha256_bytes(data)
-            if item.sha256 in self.known:
-                item.reuse_row, item.width, item.height, old_id = self.known[item.sha256]
-                self._copy_thumb(old_id, task.id)
-                return item
-            prepared = prepare_image(
-                data, self.size, self.resize, self.background, self.max_pixels, THUMB_SIZE if self.thumbnails else None
-            )
-        except ImageError as exc:
-            item.error = str(exc)
-            return item
-        item.pixels, item.width, item.height = prepared.pixels, prepared.width, prepared.height
-        if self.thumbnails:
-            _write_cache_file(self.scope.thumb_path(task.id), prepared.thumbnail)
-        return item
-
-    def _copy_thumb(self, old_id: int, new_id: int) -> None:
-        source = self.scope.thumb_path(old_id)
-        if self.thumbnails and source.exists():
-            _write_cache_file(self.scope.thumb_path(new_id), source.read_bytes())
-
-    def timed_out(self, task: _Task) -> _Item:
-        return _Item(task, error="timed out while decoding (per-file time limit)")
-
-    def collate(self, items: list[_Item]) -> tuple[list[_Item], torch.Tensor | None]:
+    def collate(self, items: list[ReadItem]) -> tuple[list[ReadItem], torch.Tensor | None]:
         fresh = [it for it in items if it.pixels is not None]
         if not fresh:
             return items, None
@@ -184,21 +119,18 @@ class _Encoder:
         tensor = stacked.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
         return items, tensor
 
-    def encode_batch(self, items: list[_Item], tensor: torch.Tensor | None) -> np.ndarray | None:
+    def encode_batch(self, items: list[ReadItem], tensor: torch.Tensor | None) -> np.ndarray | None:
+        """Latents (float16) of the items that carry pixels, in order; marks them ``encoded``."""
         if tensor is None:
             return None
         generator = None
         if self.sample:
             generator = torch.Generator(self.codec.device).manual_seed(self.seed * 1_000_003 + items[0].task.id)
         latents = self.codec.encode(tensor, sample=self.sample, generator=generator)
+        for item in items:
+            if item.pixels is not None:
+                item.encoded, item.pixels = True, None
         return latents.cpu().numpy().astype(np.float16)
-
-
-def _write_cache_file(path: Path, data: bytes) -> None:
-    """Write a regenerable cache file (thumbnail) by rename, without the cost of fsync."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class _ShardWriter:
@@ -215,11 +147,11 @@ class _ShardWriter:
         self.last_flush = time.monotonic()
         self.sequence = len(list(folder.glob("shard-*.parquet")))
 
-    def add(self, items: list[_Item], latents: np.ndarray | None) -> None:
+    def add(self, items: list[ReadItem], latents: np.ndarray | None) -> None:
         k = 0
         for item in items:
             shard_row = -1
-            if item.pixels is not None:
+            if item.encoded:
                 shard_row = self.n_latents + k
                 k += 1
             self.rows.append(_shard_row(item, shard_row))
@@ -241,7 +173,7 @@ class _ShardWriter:
         self.last_flush = time.monotonic()
 
 
-def _shard_row(item: _Item, shard_row: int) -> dict:
+def _shard_row(item: ReadItem, shard_row: int) -> dict:
     task = item.task
     return {
         "id": task.id,
@@ -328,6 +260,9 @@ def encode(
     checkpoint_images: int = CHECKPOINT_IMAGES,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> EncodeSummary:
     """Encode images into the scope folder ``out`` (created, appended to, or resumed).
 
@@ -335,8 +270,14 @@ def encode(
     in-memory array N x H x W [x C] (written as PNG files under ``out/images``).
     ``model`` is a model reference (see :mod:`latentscope.codec`) or a loaded
     :class:`Codec`. ``tiling`` encodes large images tile by tile (default: on above
-    1024 pixels a side). Returns an :class:`EncodeSummary`.
+    1024 pixels a side). ``engine="ray"`` reads images in Ray tasks and runs the
+    model in a pool of ``ray_actors`` Ray actors (one per GPU when the cluster has
+    GPUs) on the cluster at ``ray_address`` (default: the running one, or a local
+    one); the scope it writes is the same as the local engine's. Returns an
+    :class:`EncodeSummary`.
     """
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if batch_size < 1:
         raise InputError(f"batch size {batch_size}: must be at least 1")
     if resize not in RESIZE_POLICIES:
@@ -346,13 +287,20 @@ def encode(
     out = Path(out).expanduser().resolve()
     if isinstance(images, (str, os.PathLike)) and not Path(images).expanduser().exists():
         raise InputError(f"{images}: no such folder")
-    codec = model if isinstance(model, Codec) else Codec.from_pretrained(model, device=device, dtype=dtype)
+    if engine == "ray":
+        from .engines import ray_engine  # raises a one-line InputError when Ray is not installed
+
+        # the driver only needs the model's metadata; the actors load it where the work runs
+        codec = model if isinstance(model, Codec) else Codec.from_pretrained(model, device="cpu", dtype="float32")
+    else:
+        codec = model if isinstance(model, Codec) else Codec.from_pretrained(model, device=device, dtype=dtype)
     size = parse_size(size) or codec.image_size
     if size is None:
         raise InputError(f"model {codec.reference}: its config has no sample_size; give the image size with --size")
     latent_shape = codec.latent_shape(size)
     background = parse_background(background)
-    if tiling or (tiling is None and max(size) > TILING_AUTO_SIDE):
+    tiling = bool(tiling or (tiling is None and max(size) > TILING_AUTO_SIDE))
+    if tiling:
         codec.enable_tiling()
     started = time.perf_counter()
 
@@ -383,17 +331,28 @@ def encode(
 
     ok = manifest[manifest["status"] == "ok"]
     known = {r.sha256: (int(r.row), int(r.width), int(r.height), int(r.id)) for r in ok.itertuples(index=False)}
-    worker = _Encoder(scope, codec, params, known, thumbnails)
     writer = _ShardWriter(partial, latent_shape, checkpoint_images, checkpoint_seconds)
-    loader = PrefetchLoader(
-        todo, worker.prepare, batch_size, collate=worker.collate, workers=workers,
-        timeout=file_timeout, on_timeout=worker.timed_out,
-    )
+    if engine == "ray":
+        groups = _pending_groups(tasks, todo, batch_size)
+        run = ray_engine.RayEncodeRun(
+            codec, params, known, thumbnails, device=device, dtype=dtype, tiling=tiling, file_timeout=file_timeout,
+            address=ray_address, actors=ray_actors, thumb_dir=scope.path / "thumbs",
+        )
+        batches = run.batches(groups)
+    else:
+        preparer = Preparer(params, known, thumbnails, scope.path / "thumbs")
+        worker = _Encoder(codec, sample, seed)
+        loader = PrefetchLoader(
+            todo, preparer.prepare, batch_size, collate=worker.collate, workers=workers,
+            timeout=file_timeout, on_timeout=preparer.timed_out,
+        )
+        batches = ((items, worker.encode_batch(items, tensor)) for items, tensor in loader)
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), unit="img", desc="encode", disable=not progress, dynamic_ncols=True) as bar:
-        for items, tensor in loader:
-            writer.add(items, worker.encode_batch(items, tensor))
+        for items, latents in batches:
+            writer.add(items, latents)
             bar.update(len(items))
         writer.flush()
+    device_used = run.device_description if engine == "ray" else str(codec.device)
 
     if tasks:
         _finalize(scope, manifest, partial, {t.id for t in tasks}, latent_shape, summary)
@@ -403,13 +362,24 @@ def encode(
     scope.record(
         "stages", "encode", params,
         counts={"found": summary.found, "encoded": summary.encoded, "reused": summary.reused, "failed": summary.failed},
-        seconds=round(summary.seconds, 3), batch_size=batch_size, device=str(codec.device),
+        seconds=round(summary.seconds, 3), batch_size=batch_size, device=device_used, engine=engine,
     )
     log.info("encode finished: %s", "; ".join(summary.lines()))
     return summary
 
 
-def _plan_tasks(partial: Path, params: dict, pending: list[tuple[FoundImage, int, int]], manifest: pd.DataFrame) -> list[_Task]:
+def _pending_groups(tasks: list[ReadTask], todo: list[ReadTask], batch_size: int) -> list[list[ReadTask]]:
+    """The batches still to encode, cut from the whole run so an engine resumed out of order keeps its batches."""
+    left = {t.id for t in todo}
+    groups = []
+    for start in range(0, len(tasks), batch_size):
+        group = [t for t in tasks[start : start + batch_size] if t.id in left]
+        if group:
+            groups.append(group)
+    return groups
+
+
+def _plan_tasks(partial: Path, params: dict, pending: list[tuple[FoundImage, int, int]], manifest: pd.DataFrame) -> list[ReadTask]:
     """Assign ids to pending files, keeping those an interrupted run with the same settings gave them."""
     run_file = partial / "run.json"
     assigned: dict[str, int] = {}
@@ -429,7 +399,7 @@ def _plan_tasks(partial: Path, params: dict, pending: list[tuple[FoundImage, int
         if found.relpath not in assigned:
             assigned[found.relpath] = next_id
             next_id += 1
-        tasks.append(_Task(assigned[found.relpath], found, size_bytes, mtime))
+        tasks.append(ReadTask(assigned[found.relpath], found, size_bytes, mtime))
     if tasks:
         partial.mkdir(parents=True, exist_ok=True)
         write_json(run_file, {"params": params, "assigned": assigned})
@@ -460,8 +430,6 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     is_ok = merged["status"] == "ok"
     merged["row"] = -1
     merged.loc[is_ok, "row"] = np.arange(int(is_ok.sum()))
-    latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
-
     summary.encoded = int(((fresh["status"] == "ok") & (fresh["reuse_row"] < 0)).sum())
     summary.reused = int(((fresh["status"] == "ok") & (fresh["reuse_row"] >= 0)).sum())
     failed = fresh[fresh["status"] != "ok"]
@@ -469,7 +437,9 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     summary.reasons = Counter(_reason_kind(e) for e in failed["error"])
 
     keep = [c for c in merged.columns if c not in ("source", "source_shard", "source_row", "shard", "shard_row", "reuse_row")]
-    scope.commit(normalise_manifest(merged[keep]), latents_next)
+    with scope.locked():  # a scope opened meanwhile must not take latents.npy.next for a leftover
+        latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
+        scope.commit(normalise_manifest(merged[keep]), latents_next)
     scope.clear_partial("encode")
 
 

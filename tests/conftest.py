@@ -135,3 +135,25 @@ def pytest_setup_options():
                  "--window-size=1500,950", "--hide-scrollbars"):
         options.add_argument(flag)
     return options  # pluggy gathers hook results into the list dash.testing expects
+
+
+def latent_scope(path: Path, latents: np.ndarray, labels=None) -> Path:
+    """A scope holding given latents and no images (for map and dashboard tests at sizes encoding would make slow)."""
+    import hashlib
+
+    import pandas as pd
+
+    from latentscope.scope import Scope
+
+    scope = Scope.create(path, {"model": {"latent_shape": list(latents.shape[1:])}, "images_root": "images"})
+    n = len(latents)
+    labels = np.zeros(n, int) if labels is None else np.asarray(labels)
+    half = latents.astype(np.float16)
+    manifest = pd.DataFrame({
+        "id": np.arange(n), "path": [f"{i}.png" for i in range(n)], "sha256": [hashlib.sha256(r.tobytes()).hexdigest() for r in half],
+        "width": 32, "height": 32, "status": "ok", "error": "", "label": labels.astype(str), "row": np.arange(n),
+    })
+    np.save(path / "latents.npy.next.npy", half)
+    os.replace(path / "latents.npy.next.npy", path / "latents.npy.next")
+    scope.commit(manifest, path / "latents.npy.next")
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from latentscope.datasets import digits_array
 from latentscope.demo import STAGES, run_demo
 from latentscope.denoiser import Denoiser
 from latentscope.training.metrics import psnr, ssim
+from servers import free_port, live_server
 
 SHIPPED = BUILTIN_ROOT / "digits"
 
@@ -53,16 +55,30 @@ def test_shipped_denoiser_loads_and_samples():
     assert samples.shape == (4, 32, 32, 3) and samples.std() > 10
 
 
-def test_demo_stages_write_images_and_encode(tmp_path, capsys):
-    assert [name for name, _ in STAGES][:3] == ["images", "model", "encode"]
-    assert main(["-q", "demo", "--workdir", str(tmp_path)]) == 0
+def test_demo_stages_write_images_encode_and_project(tmp_path, capsys):
+    assert [name for name, _ in STAGES][:4] == ["images", "model", "encode", "project"]
+    assert main(["-q", "demo", "--workdir", str(tmp_path), "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "1797 handwritten digits" in out and "1797 encoded" in out and "demo finished" in out
     latents = np.load(tmp_path / "digits.scope" / "latents.npy", mmap_mode="r")
     manifest = pd.read_parquet(tmp_path / "digits.scope" / "images.parquet")
     assert latents.shape == (1797, 4, 8, 8) and (manifest.status == "ok").all()
     assert sorted(manifest.label.unique()) == [str(d) for d in range(10)]
-    # rerunning reuses the finished work
+    positions = pd.read_parquet(tmp_path / "digits.scope" / "maps" / "default.parquet")
+    assert len(positions) == 1797 and np.isfinite(positions[["x", "y"]].to_numpy()).all()
+    # rerunning reuses the finished work, the map included
     lines = []
     run = run_demo(tmp_path, progress=False, report=lines.append)
     assert any("1797 already in the scope" in line for line in lines) and run.results["scope"] == tmp_path / "digits.scope"
+    assert any("up to date with the latents (reused)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_demo_ends_with_a_working_dashboard_url(tmp_path):
+    port = free_port()
+    args = ["-q", "demo", "--workdir", str(tmp_path), "--port", str(port)]
+    with live_server(args, port, tmp_path / "demo.log", timeout=300) as (base, _):
+        lines = (tmp_path / "demo.log").read_text().splitlines()
+        assert lines[-1] == f"latentscope explorer running at {base}  (Ctrl-C to stop)"
+        with urllib.request.urlopen(base, timeout=30) as response:
+            assert response.status == 200 and b"latentscope" in response.read().lower()

@@ -86,8 +86,8 @@ def test_missing_and_unreadable_tables_and_orphan_rows(scope_path):
 
 
 def test_half_written_files_and_missing_thumbnails(scope_path):
-    (scope_path / ".latents.npy.abc.tmp").write_bytes(b"half")
     os.remove(Scope(scope_path).thumb_path(3))
+    (scope_path / ".latents.npy.abc.tmp").write_bytes(b"half")  # after that open: opening a scope removes these too
     report = diagnose(scope_path)
     assert report.healthy and len(report.findings) == 2
     assert Scope(scope_path).thumb_path(3).is_file()

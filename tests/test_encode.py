@@ -225,17 +225,17 @@ def test_cli_encode_and_errors(tmp_path, kl_folder):
 
 
 def test_a_file_that_hangs_is_recorded_and_the_run_completes(tmp_path, kl_folder, monkeypatch):
-    import latentscope.ingest as ingest
+    import latentscope.reading as reading  # the encoder's file reading (shared by the engines)
 
     images = make_image_folder(tmp_path / "images", 6)
-    real = ingest.prepare_image
+    real = reading.prepare_image
 
     def slow_for_one(data, *args, **kwargs):
         if data == (images / "a" / "img0002.png").read_bytes():
             time.sleep(30)
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(ingest, "prepare_image", slow_for_one)
+    monkeypatch.setattr(reading, "prepare_image", slow_for_one)
     started = time.monotonic()
     summary = encode(images, kl_folder, tmp_path / "scope", batch_size=2, file_timeout=1.0, progress=False, device="cpu")
     assert time.monotonic() - started < 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ def run_example(name: str, *args: str, timeout: int = 600) -> str:
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / name), "--quick", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

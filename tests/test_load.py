@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pandas as pd
 import psutil
 import pytest
 
 from latentscope.dashboard.loadtest import drive
+from servers import free_port, live_server
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(explorer_scope, tmp_path):
     port = free_port()
-    log = open(tmp_path / "server.log", "wb")  # a pipe nobody reads would fill up and block the server
-    process = subprocess.Popen([sys.executable, "-m", "latentscope", "serve", str(explorer_scope), "--port", str(port),
-                                "--device", "cpu", "-q"], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(base + "_dash-layout", timeout=5)
-            break
-        except OSError:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
-    yield base, process
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    args = ["serve", str(explorer_scope), "--port", str(port), "--device", "cpu", "-q"]
+    with live_server(args, port, tmp_path / "server.log") as running:
+        yield running
 
 
 def test_twenty_clients_no_failures_and_flat_memory(server, explorer_scope):

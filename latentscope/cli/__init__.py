@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _configure_logging(args.verbose, args.quiet)
+    _line_buffered_stdout()
     args.progress = not args.quiet
     try:
         return int(args.func(args) or 0)
@@ -96,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _line_buffered_stdout() -> None:
+    """Report lines (the explorer's URL above all) reach a log file or pipe at once, not when a buffer fills."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure:
+        reconfigure(line_buffering=True)
 
 
 if __name__ == "__main__":

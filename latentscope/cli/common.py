@@ -58,6 +58,16 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default: float32 on CPU, bfloat16 on GPU)")
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine", "run on this machine, or on a Ray cluster (pip install latentscope[ray])")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: threads and one model in this process (default); ray: Ray Data tasks and model actors")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="Ray cluster to use (auto, ray://head:10001, ...; default: $RAY_ADDRESS or a new local one)")
+    group.add_argument("--ray-actors", type=positive_int, metavar="N",
+                       help="model actors (default: one per GPU, or one per CPU on a CPU-only cluster)")
+
+
 def add_model_option(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
     parser.add_argument(
         "--model",

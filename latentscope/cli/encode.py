@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_options, add_model_option, image_size, positive_float, positive_int
+from .common import add_device_options, add_engine_options, add_model_option, image_size, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
                         help="encode tile by tile to bound memory on large images (default: on above 1024 px)")
     parser.add_argument("--no-thumbnails", action="store_true", help="skip writing dashboard previews")
     add_device_options(parser)
+    add_engine_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         file_timeout=args.file_timeout,
         tiling=args.tiling,
         progress=args.progress,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
     )
     print("\n".join(summary.lines()))
     return 0

@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     from ..projection.neighbors import METRICS
     from ..projection.model import INITS
     from ..projection.quality import DEFAULT_SAMPLE
+    from ..projection.scale import SAMPLE_SIZE, SAMPLE_THRESHOLD
 
     parser = subparsers.add_parser(
         "project",
@@ -42,6 +43,11 @@ def register(subparsers) -> None:
                         help=f"query points for the trustworthiness estimate (default {DEFAULT_SAMPLE})")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality report")
     parser.add_argument("--rebuild-index", action="store_true", help="recompute PCA and neighbours even if cached")
+    parser.add_argument("--sample-threshold", type=non_negative_int, default=SAMPLE_THRESHOLD, metavar="N",
+                        help=f"above N images, fit the map on a random sample and place the rest with transform; "
+                        f"0 = never (default {SAMPLE_THRESHOLD:,})")
+    parser.add_argument("--sample-size", type=positive_int, default=SAMPLE_SIZE, metavar="N",
+                        help=f"images in that sample (default {SAMPLE_SIZE:,})")
     parser.set_defaults(func=run)
 
 
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             args.scope, args.name, n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, seed=args.seed,
             dims=args.dims, pca_components=args.pca, n_epochs=args.epochs, init=args.init, warm_start=args.warm_start,
             spread=args.spread, quality=not args.no_quality, quality_sample=args.quality_sample,
-            rebuild_index=args.rebuild_index, progress=args.progress,
+            rebuild_index=args.rebuild_index, sample_threshold=args.sample_threshold or None, sample_size=args.sample_size,
+            progress=args.progress,
         )
     print("\n".join(summary.lines()))
     return 0

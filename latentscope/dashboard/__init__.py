@@ -27,8 +27,13 @@ def create_app(
     device: str = "auto",
     token: str | None = None,
     prefix: str = "/",
+    density_threshold: int | None = None,
 ):
-    """Build the Dash app for a scope (which must have a map). ``token`` protects every route."""
+    """Build the Dash app for a scope (which must have a map). ``token`` protects every route.
+
+    Maps of more than ``density_threshold`` points (default a million) are drawn as a density image,
+    with the points themselves appearing once the view is zoomed in to at most 100,000 of them.
+    """
     from dash import Dash
 
     from .callbacks import Callbacks, register
@@ -38,7 +43,10 @@ def create_app(
     from .routes import register_routes
     from .security import install_security
 
-    data = ExplorerData(scope, map_name=map_name, model=model, device=device)
+    from .data import DENSITY_THRESHOLD
+
+    data = ExplorerData(scope, map_name=map_name, model=model, device=device,
+                        density_threshold=DENSITY_THRESHOLD if density_threshold is None else density_threshold)
     app = Dash(
         __name__,
         assets_folder=str(ASSETS),

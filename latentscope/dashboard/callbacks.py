@@ -45,9 +45,9 @@ class Callbacks:
 
     # ------------------------------------------------------------------ map
 
-    def redraw(self, colour, size, opacity, focus_id, walk_ids, threshold, walk_result):
+    def redraw(self, colour, size, opacity, focus_id, walk_ids, threshold, walk_result, view=None):
         """A full redraw when the colouring changes; overlays are carried over."""
-        figure = map_figure(self.data, colour or "none", size or 5, opacity or 0.8)
+        figure = map_figure(self.data, colour or "none", size or 5, opacity or 0.8, view)
         n_base = len(figure.data) - len(OVERLAYS)
         self._fill_overlay(figure.data[overlay_index(n_base, "focus")], [focus_id] if focus_id is not None else [])
         self._fill_overlay(figure.data[overlay_index(n_base, "waypoints")], walk_ids or [], numbered=True)
@@ -58,6 +58,12 @@ class Callbacks:
             trace = figure.data[overlay_index(n_base, "path")]
             trace.x, trace.y = [p[0] for p in path], [p[1] for p in path]
         return figure, n_base
+
+    def redraw_view(self, view, colour, size, opacity, focus_id, walk_ids, threshold, walk_result):
+        """Dense maps only: the density image of the new view, and its points once few enough are in it."""
+        if not self.data.dense:
+            raise PreventUpdate
+        return self.redraw(colour, size, opacity, focus_id, walk_ids, threshold, walk_result, view)
 
     def _fill_overlay(self, trace, ids, numbered: bool = False):
         xy = self._xy(ids)
@@ -419,9 +425,16 @@ def register(app, callbacks: Callbacks) -> None:
         Output("map", "figure"), Output("n-base", "data"),
         Input("colour-by", "value"),
         State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
-        State("anomaly-threshold", "value"), State("walk-result", "data"),
+        State("anomaly-threshold", "value"), State("walk-result", "data"), State("view-range", "data"),
         prevent_initial_call=True,
     )(cb.redraw)
+    app.callback(
+        Output("map", "figure", allow_duplicate=True), Output("n-base", "data", allow_duplicate=True),
+        Input("view-range", "data"), State("colour-by", "value"),
+        State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
+        State("anomaly-threshold", "value"), State("walk-result", "data"),
+        prevent_initial_call=True,
+    )(cb.redraw_view)
     app.callback(
         Output("map", "figure", allow_duplicate=True),
         Input("point-size", "value"), Input("point-opacity", "value"), State("n-base", "data"),

@@ -24,6 +24,8 @@ from ..scope import Scope
 log = logging.getLogger(__name__)
 
 MAX_CATEGORIES = 24
+DENSITY_THRESHOLD = 1_000_000  # maps with more points show a density image, and points only once zoomed in
+ZOOM_POINTS = 100_000  # ...when the view holds at most this many
 ORIGINAL_MAX_SIDE = 384
 
 
@@ -36,8 +38,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 class ExplorerData:
     """A scope opened for exploring: one map, its points and the columns they can be coloured by."""
 
-    def __init__(self, scope: Scope | str | Path, map_name: str | None = None, model: str | None = None, device: str = "auto"):
+    def __init__(self, scope: Scope | str | Path, map_name: str | None = None, model: str | None = None, device: str = "auto",
+                 density_threshold: int = DENSITY_THRESHOLD, zoom_points: int = ZOOM_POINTS):
         self.scope = scope if isinstance(scope, Scope) else Scope(scope)
+        self.density_threshold = int(density_threshold)
+        self.zoom_points = int(zoom_points)
         self.model_reference = model or self.scope.model.get("reference")
         self.device = device
         self._model_lock = threading.Lock()
@@ -70,6 +75,20 @@ class ExplorerData:
         self.map_name = map_name
         self.points = self._load_points(map_name)
         self._row_of_id = pd.Series(np.arange(len(self.points)), index=self.points["id"].to_numpy())
+
+    @property
+    def dense(self) -> bool:
+        """Too many points to draw them all: the map is a density image, with the points of a zoomed-in view."""
+        return len(self.points) > self.density_threshold
+
+    def rows_in_view(self, view) -> np.ndarray:
+        """Positions of the points inside ``view`` = [x0, x1, y0, y1] (None: all)."""
+        if view is None:
+            return np.arange(len(self.points))
+        x0, x1, y0, y1 = view
+        x, y = self.points["x"].to_numpy(), self.points["y"].to_numpy()
+        inside = (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))
+        return np.flatnonzero(inside)
 
     @property
     def has_labels(self) -> bool:

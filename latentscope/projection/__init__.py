@@ -9,7 +9,7 @@
 from .index import NeighbourIndex
 from .model import LatentProjection
 from .quality import map_quality
-from .store import ProjectSummary, load_projection, nearest_images, place_new, project
+from .store import ProjectSummary, load_projection, map_is_current, nearest_images, place_new, project
 
-__all__ = ["LatentProjection", "NeighbourIndex", "ProjectSummary", "load_projection", "map_quality", "nearest_images",
+__all__ = ["LatentProjection", "NeighbourIndex", "ProjectSummary", "load_projection", "map_is_current", "map_quality", "nearest_images",
            "place_new", "project"]

@@ -161,8 +161,10 @@ class LatentProjection:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, X, y=None, *, index: NeighbourIndex | None = None, steps: Steps | None = None) -> "LatentProjection":
-        """Fit the map. ``index`` reuses a :class:`NeighbourIndex` built on the same latents earlier."""
+    def fit(self, X, y=None, *, index: NeighbourIndex | None = None, steps: Steps | None = None,
+            layout=None) -> "LatentProjection":
+        """Fit the map. ``index`` reuses a :class:`NeighbourIndex` built on the same latents earlier;
+        ``layout`` (a callable: reduced training points -> coordinates, such as cuML's UMAP) replaces our layout."""
         latents = X if isinstance(X, np.ndarray) else np.asarray(X)
         if latents.ndim < 2:
             raise InputError(f"latents of shape {latents.shape}: need N x ... (one row per image)")
@@ -178,7 +180,7 @@ class LatentProjection:
             self.latent_shape_ = tuple(latents.shape[1:])
             self.n_features_in_ = int(np.prod(self.latent_shape_))
             self.n_neighbors_ = k
-            self.embedding_ = self._layout(index, k, steps)
+            self.embedding_ = self._layout(index, k, steps) if layout is None else self._external_layout(layout, index, steps)
         finally:
             if own_steps:
                 self.seconds_ = steps.close()
@@ -219,6 +221,15 @@ class LatentProjection:
             rate = self.learning_rate * (WARM_START_LEARNING_RATE if self.warm_start else 1.0)
             return layout.optimise(start, None, graph.row, graph.col, graph.data, n_epochs, self.a_, self.b_, seed,
                                    rate, self.negative_sample_rate, on_epoch=lambda _: bar.update())
+
+    def _external_layout(self, layout, index: NeighbourIndex, steps: Steps) -> np.ndarray:
+        umap = load_umap()
+        self.a_, self.b_ = (float(v) for v in umap.umap_.find_ab_params(self.spread, self.min_dist))
+        steps(f"laying out ({getattr(layout, '__qualname__', type(layout).__name__)})")
+        embedding = np.ascontiguousarray(layout(index.reduced), dtype=np.float32)
+        if embedding.shape != (index.n_samples, self.n_components):
+            raise ValueError(f"layout returned shape {embedding.shape}, not ({index.n_samples}, {self.n_components})")
+        return embedding
 
     def _initial_coordinates(self, umap, index: NeighbourIndex, graph, seed: int) -> np.ndarray:
         rng = np.random.RandomState(seed % (2**32))

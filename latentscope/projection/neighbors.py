@@ -103,7 +103,7 @@ def knn_graph(reduced: np.ndarray, k: int, metric: str, random_state: int | None
     if graph_method(n) == "exact":
         indices, distances = exact_search(reduced, reduced, k, metric, same_set=True, progress=progress)
         return indices, distances, "exact"
-    return (*_nn_descent(reduced, k, metric, random_state), "nn-descent")
+    return (*_nn_descent(reduced, k, metric, random_state), "NN-descent")
 
 
 def _nn_descent(reduced: np.ndarray, k: int, metric: str, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -28,12 +28,23 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, ScopeError
-from ..fileio import load_npy, write_npy
+from ..fileio import TMP_SUFFIX, load_npy, write_npy
 from ..scope import Scope, check_name
 from .index import INDEX_FILE, NeighbourIndex
 from .model import LatentProjection, Steps
 from .quality import DEFAULT_SAMPLE, map_quality
 from .reduce import DEFAULT_MEMORY_LIMIT
+from .scale import (
+    SAMPLE_SIZE,
+    SAMPLE_THRESHOLD,
+    TRANSFORM_BATCH,
+    CumlLayout,
+    check_sampling,
+    cuml_umap,
+    place_in_batches,
+    representative_sample,
+    uses_sample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +67,13 @@ class ProjectSummary:
     seconds: dict = field(default_factory=dict)
     quality: dict | None = None
     placed: int = 0
+    sample: int = 0  # the map was fitted on this many images and the others were placed with transform
 
     def lines(self) -> list[str]:
         out = [f"map {self.name!r}: {self.points:,} points in {self.dims}-D -> {self.path}"]
-        if self.placed:
+        if self.sample:
+            out.append(f"fitted on a random sample of {self.sample:,} images; the other {self.placed:,} placed with transform")
+        elif self.placed:
             out.append(f"placed {self.placed:,} images added since the map was made (existing positions kept)")
         out.append(f"neighbour index {self.index}: {'reused' if self.index_reused else 'built and cached'}")
         if self.seconds:
@@ -100,8 +114,9 @@ def training_set(scope: Scope) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]
     return ok["id"].to_numpy(np.int64), ok["label"].fillna("").astype(str).to_numpy(), latents, digest.hexdigest()
 
 
-def index_key(metric: str, pca_components: int | None, fingerprint: str) -> str:
-    return f"{metric}-pca{pca_components or 0}-{fingerprint[:16]}"
+def index_key(metric: str, pca_components: int | None, fingerprint: str, sample: str = "") -> str:
+    """Folder name of a neighbour index; it ends with the image set's fingerprint (see :func:`map_is_current`)."""
+    return f"{metric}-pca{pca_components or 0}-{sample + '-' if sample else ''}{fingerprint[:16]}"
 
 
 @contextlib.contextmanager
@@ -126,12 +141,15 @@ def _load_index(folder: Path, ids: np.ndarray) -> NeighbourIndex | None:
     return index
 
 
-def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint: str, rebuild: bool, steps: Steps):
+def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint: str, rebuild: bool, steps: Steps,
+               sample: str = ""):
     """Load the cached neighbour index for these latents, or build and cache it. Returns (index, key, reused)."""
-    key = index_key(model.metric, model.pca_components, fingerprint)
+    key = index_key(model.metric, model.pca_components, fingerprint, sample)
     k = min(int(model.n_neighbors), len(latents) - 1)
     with _index_lock(scope) as root:
         folder = root / key
+        for leftover in folder.glob("*" + TMP_SUFFIX):  # from a build that was killed (we hold the lock)
+            leftover.unlink(missing_ok=True)
         index = None if rebuild else _load_index(folder, ids)
         if index is not None and model._index_fits(index, len(latents), k):
             return index, key, True
@@ -140,6 +158,20 @@ def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint:
         write_npy(folder / "ids.npy", ids)
         index.save(folder, fingerprint=fingerprint)
         return index, key, False
+
+
+def map_is_current(scope, name: str = "default") -> bool:
+    """True when map ``name`` exists and was made from exactly the images the scope holds now."""
+    scope = _open(scope)
+    entry = scope.meta.get("maps", {}).get(name)
+    if not entry or "index" not in entry or not (scope.path / INDEX_DIR / entry["index"] / INDEX_FILE).exists():
+        return False
+    try:
+        scope.read_map(name)
+    except (OSError, ScopeError):
+        return False
+    _, _, _, fingerprint = training_set(scope)
+    return entry["index"].endswith(fingerprint[:16])
 
 
 def prune_indexes(scope: Scope) -> list[str]:
@@ -164,19 +196,37 @@ def project(scope, name: str = "default", *, n_neighbors: int = 15, min_dist: fl
             seed: int | None = 0, dims: int = 2, pca_components: int | None = 50, n_epochs: int | None = None,
             init: str = "spectral", warm_start: str | None = None, spread: float = 1.0, quality: bool = True,
             quality_sample: int = DEFAULT_SAMPLE, rebuild_index: bool = False, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+            sample_threshold: int | None = SAMPLE_THRESHOLD, sample_size: int = SAMPLE_SIZE, use_cuml: bool | None = None,
             progress: bool = True) -> ProjectSummary:
     """Make the map ``name`` of a scope's latents and store it (``maps/<name>.parquet`` + scope.json).
 
     ``warm_start`` names an existing map of the same images whose coordinates
     start the layout (with fewer epochs by default). The same ``seed`` gives the
-    same map; ``seed=None`` draws a fresh one.
+    same map; ``seed=None`` draws a fresh one. With more than ``sample_threshold``
+    latents (``None``: never) the map is fitted on a random sample of ``sample_size``
+    and the rest are placed with ``transform`` (see :mod:`.scale`); ``use_cuml``
+    (default: when installed) lays out and places with cuML's GPU UMAP.
     """
     scope = _open(scope)
     check_name(name, "map")
     if quality_sample < 1:
         raise InputError(f"quality sample {quality_sample}: must be at least 1")
+    check_sampling(sample_threshold, sample_size)
     started = time.perf_counter()
     ids, labels, latents, fingerprint = training_set(scope)
+    sampled = uses_sample(len(latents), sample_threshold, sample_size)
+    gpu_umap = cuml_umap() if use_cuml is not False else None
+    if use_cuml and gpu_umap is None:
+        raise InputError("use_cuml: RAPIDS cuML is not installed here (or finds no GPU)")
+    if warm_start and sampled:
+        raise InputError(f"--warm-start: not available for maps of more than {sample_threshold:,} images (fitted on a sample)")
+    all_ids, all_latents = ids, latents
+    rows = sample_label = None
+    if sampled:
+        rows = representative_sample(len(latents), sample_size, seed or 0)
+        ids, latents, sample_label = ids[rows], np.asarray(latents[rows]), f"sample{len(rows)}s{seed or 0}"
+    elif gpu_umap is not None and use_cuml is None:
+        gpu_umap = None  # cuML by default only on the large-set path; ask for it with use_cuml=True
     model = LatentProjection(
         n_components=dims, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, pca_components=pca_components,
         n_epochs=n_epochs, init=init, spread=spread, random_state=seed, memory_limit=memory_limit, progress=progress,
@@ -186,15 +236,27 @@ def project(scope, name: str = "default", *, n_neighbors: int = 15, min_dist: fl
         model.init = _warm_start_coordinates(scope, warm_start, ids, dims)
     steps = Steps(progress)
     try:
-        index, key, reused = _index_for(scope, model, ids, latents, fingerprint, rebuild_index, steps)
-        model.fit(latents, index=index, steps=steps)
+        index, key, reused = _index_for(scope, model, ids, latents, fingerprint, rebuild_index, steps, sample_label or "")
+        gpu = CumlLayout(gpu_umap, model) if gpu_umap is not None else None
+        model.fit(latents, index=index, steps=steps, layout=gpu.fit if gpu is not None else None)
+        embedding, frame = model.embedding_, _map_frame(ids, model.embedding_)
+        if sampled:
+            rest = np.setdiff1d(np.arange(len(all_latents)), rows, assume_unique=True)
+            steps(f"placing the other {len(rest):,} images ({'cuML' if gpu else 'transform'}, batches of {TRANSFORM_BATCH:,})")
+            if gpu is not None:
+                placed = gpu.place(model, all_latents, rest, progress=progress)
+            else:
+                placed = place_in_batches(model, all_latents, rest, progress=progress, seed=seed or 0)
+            frame = pd.concat([frame, _map_frame(all_ids[rest], placed, fitted=False)]).sort_values("id", ignore_index=True)
+            embedding = frame[list(COORDS[:dims])].to_numpy(np.float32)
         report = None
         if quality:
             steps("measuring quality")
-            report = map_quality(latents, model.embedding_, labels, sample=quality_sample, seed=seed or 0)
+            report = map_quality(all_latents, embedding, labels, sample=quality_sample, seed=seed or 0)
         steps("storing the map")
-        frame = _map_frame(ids, model.embedding_)
-        params = {**model.get_params(), "warm_start": warm_start}
+        params = {**model.get_params(), "warm_start": warm_start, "layout": "cuml" if gpu else "latentscope"}
+        if sampled:
+            params.update(sample_size=len(rows), sample_threshold=sample_threshold)
         path = scope.write_map(name, frame, params, index=key, state=model.fitted_state(), quality=report,
                                seconds=dict(steps.seconds), libraries=LIBRARIES)
     finally:
@@ -203,7 +265,8 @@ def project(scope, name: str = "default", *, n_neighbors: int = 15, min_dist: fl
     if removed:
         log.info("removed stale neighbour indexes: %s", ", ".join(removed))
     seconds["total"] = round(time.perf_counter() - started, 3)
-    return ProjectSummary(scope.path, name, len(ids), dims, key, reused, path, seconds, report)
+    return ProjectSummary(scope.path, name, len(all_ids), dims, key, reused, path, seconds, report,
+                          placed=len(all_ids) - len(ids), sample=len(ids) if sampled else 0)
 
 
 def _map_frame(ids: np.ndarray, embedding: np.ndarray, fitted: bool = True) -> pd.DataFrame:

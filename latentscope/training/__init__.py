@@ -46,6 +46,7 @@ __all__ = ["train", "TrainResult", "make_plan", "load_images"]
 
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
+REMOVED_CHECKPOINTS = ".checkpoints.removed"
 RECIPE_VERSION = 1
 
 
@@ -112,7 +113,7 @@ def train(
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     _check_options(val_fraction, patience, seed)
-    _check_out(out, overwrite)
+    finishing = _check_out(out, overwrite)
     device = resolve_device(device)
     data = load_images(images, size, resize, parse_background(background), progress)
     train_idx, val_idx = split_validation(len(data.pixels), val_fraction, seed)
@@ -121,6 +122,8 @@ def train(
     identity = {"data": data.fingerprint(), "plan": dataclasses.asdict(plan), "seed": seed, "val_fraction": val_fraction,
                 "patience": patience, "kl_weight": ae_phase.KL_WEIGHT, "recipe": RECIPE_VERSION, "device": device.type}
     checkpoints = out / CHECKPOINT_DIR
+    if finishing and not _phase_done(checkpoints, "autoencoder", identity, out / "vae"):
+        raise InputError(f"--out {out}: already holds a trained model; give another folder or --overwrite")
     checkpoints.mkdir(parents=True, exist_ok=True)
     log.info("training on %d images (%d validation), plan %s", len(train_idx), len(val_idx), plan)
 
@@ -139,9 +142,9 @@ def train(
     # an interrupted and resumed run counts the phase time of its earlier runs too
     phase_seconds = ae_result.seconds + (dn_record["seconds"] if dn_record else 0.0)
     record["seconds"] = round(max(time.perf_counter() - started, phase_seconds), 2)
-    write_json(out / RECORD_FILE, record)
     write_card(out / "README.md", record)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    write_json(out / RECORD_FILE, record)
+    _remove_checkpoints(out)
     return TrainResult(out, ae_metrics["psnr"], ae_metrics["ssim"], dn_record["metrics"]["val_loss"] if dn_record else None,
                        record["seconds"], record)
 
@@ -156,16 +159,28 @@ def _check_options(val_fraction: float, patience: int, seed: int) -> None:
         raise InputError(f"seed {seed}: must be 0 or more")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> bool:
+    """Check ``--out``; True when it holds a run that was stopped after its record was written, before the cleanup."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; give a folder for the model")
+    shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
     record = out / RECORD_FILE
     if record.exists():
         if not overwrite:
+            if (out / CHECKPOINT_DIR).is_dir():
+                return True  # finish that run (train() checks that it is this very run)
             raise InputError(f"--out {out}: already holds a trained model; give another folder or --overwrite")
         for part in ("vae", "unet", "scheduler", CHECKPOINT_DIR):
             shutil.rmtree(out / part, ignore_errors=True)
         record.unlink()
+    return False
+
+
+def _remove_checkpoints(out: Path) -> None:
+    """Remove the checkpoints in one rename (a crash never leaves half of them), then delete them."""
+    if (out / CHECKPOINT_DIR).exists():
+        os.replace(out / CHECKPOINT_DIR, out / REMOVED_CHECKPOINTS)
+    shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
 
 
 def _phase_done(checkpoints: Path, phase: str, identity: dict, folder: Path) -> dict | None:
