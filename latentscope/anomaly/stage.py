@@ -144,8 +144,33 @@ class ScoreSummary:
 
 
 def _identity(params: dict, ids: np.ndarray) -> dict:
-    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return json.loads(json.dumps({"params": params, "ids": digest}, default=str))
+    return json.loads(json.dumps({"params": params, "ids": _ids_digest(ids)}, default=str))
+
+
+def _ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def score_is_current(scope, name: str = "default", method: str = "diffusion", **options) -> bool:
+    """True when score ``name`` exists, was made with ``method`` and ``options`` (unset ones at their defaults)
+    and covers exactly the images the scope holds now (so rerunning would give the same file)."""
+    from .diffusion import DiffusionScore
+
+    scope = scope if isinstance(scope, Scope) else Scope(scope)
+    entry = scope.meta.get("scores", {}).get(name)
+    if entry is None or entry.get("params", {}).get("method") != method:
+        return False
+    if method == "diffusion":
+        reference_size = options.pop("reference_size", DEFAULT_REFERENCE_SIZE)
+        wanted = {"method": method, **DiffusionScore(None, None, **options).params()}
+        ok_ids = scope.ok_manifest()["id"].to_numpy(np.int64)
+        wanted["reference_size"] = min(reference_size, len(ok_ids))
+    else:
+        wanted = {"method": method, **options}
+        ok_ids = scope.ok_manifest()["id"].to_numpy(np.int64)
+    stored = json.loads(json.dumps(entry["params"]))
+    wanted = json.loads(json.dumps(wanted))
+    return all(stored.get(k) == v for k, v in wanted.items() if k != "batch_size") and entry.get("images") == _ids_digest(ok_ids)
 
 
 def _prepare_partial(folder: Path, identity: dict) -> None:
@@ -347,7 +372,7 @@ def score(
     merged = _merge([r for r in (reference_results, results) if r is not None])
     summary.scored = len(merged["ids"])
     summary.seconds = time.perf_counter() - started
-    _write(scope, name, merged, params, scorer, maps, summary)
+    _write(scope, name, merged, params, scorer, maps, summary, _ids_digest(images.ids))
     scope.clear_partial(f"{STAGE}/{name}")
     summary.top = top_scores(scope, name, top) if top > 0 else None
     return summary
@@ -380,7 +405,7 @@ def _merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict, scorer: Method, maps: bool,
-           summary: ScoreSummary) -> None:
+           summary: ScoreSummary, images_digest: str) -> None:
     frame = pd.DataFrame({"id": merged["ids"], "score": merged["score"]})
     for key in merged:
         if key.startswith("part/"):
@@ -407,11 +432,12 @@ def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict,
         files["calibration"] = calibration_path.name
     scope.write_scores(name, frame, params, files=files, counts={"scored": len(frame), "skipped": len(summary.skipped)},
                        skipped={str(k): v for k, v in list(summary.skipped.items())[:100]},
-                       seconds=round(summary.seconds, 3))
+                       seconds=round(summary.seconds, 3), images=images_digest)
 
 
 def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:
     """The ``count`` highest-scoring images: id, path, score (most anomalous first)."""
+    scope = scope if isinstance(scope, Scope) else Scope(scope)
     frame = scope.read_scores(name)[["id", "score"]]
     best = frame.nlargest(count, "score")
     paths = scope.manifest().set_index("id")["path"]
