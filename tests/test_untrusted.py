@@ -74,10 +74,23 @@ def unpickling_calls(source: str, filename: str) -> list[str]:
     return problems
 
 
+#: Files allowed to use pickle, and why: none of them reads a pickle from a file.
+PICKLE_ALLOWED = {
+    "latentscope/engines/ray_engine.py": "passes in-memory payloads between the processes of one Ray job (Ray itself "
+                                         "serialises with pickle); nothing is read from a scope, a model or any file",
+}
+
+
 def test_package_source_never_unpickles():
     files = sorted([*PACKAGE.rglob("*.py"), *(REPO / "apps").rglob("*.py")])
     assert len(files) > 30
-    problems = [p for f in files for p in unpickling_calls(f.read_text(), str(f.relative_to(REPO)))]
+    problems = []
+    for path in files:
+        name = str(path.relative_to(REPO))
+        found = unpickling_calls(path.read_text(), name)
+        if name in PICKLE_ALLOWED:
+            found = [p for p in found if not (p.endswith(": import pickle") or p.endswith(": pickle.loads"))]
+        problems += found
     assert not problems, "\n".join(problems)
 
 
