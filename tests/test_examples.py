@@ -40,3 +40,9 @@ def test_project_map_example(tmp_path, kl_folder):
     assert "map 'default': 150 points in 2-D" in out and "second map: graph reused: True" in out
     assert "walk across the map:" in out and "trustworthiness (k=10)" in out
     assert (tmp_path / "map_grid.png").is_file()
+
+
+def test_score_anomalies_example(tmp_path):
+    out = run_example("score_anomalies.py", "--out", str(tmp_path))
+    assert "120 images scored with diffusion" in out and "defective images are among the top 6" in out
+    assert "heatmap of the most anomalous image" in out and "| defects: blob, scratch, blur, colour, noise | auroc |" in out
