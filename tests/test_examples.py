@@ -50,3 +50,9 @@ def test_ray_encode_example(tmp_path):
     out = run_example("ray_encode.py", "--out", str(tmp_path / "scope"))
     assert "found 64 image files: 64 encoded" in out and "ray: 2 model actors (cpu)" in out
     assert "same manifest as the local engine: True" in out
+
+
+def test_score_anomalies_example(tmp_path):
+    out = run_example("score_anomalies.py", "--out", str(tmp_path))
+    assert "120 images scored with diffusion" in out and "defective images are among the top 6" in out
+    assert "heatmap of the most anomalous image" in out and "| defects: blob, scratch, blur, colour, noise | auroc |" in out

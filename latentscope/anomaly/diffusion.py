@@ -23,9 +23,10 @@ Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and a density
 4. Terms live on different scales and have different tails, so each is turned
    into a *surprise* ``-log P(term >= value)`` under the reference's own
    distribution of that term: the empirical distribution below its 90th
-   percentile, an exponential tail above it whose scale comes from the 50th to
-   90th percentiles (so values beyond every reference image still rank, and a
-   few anomalies among the reference images do not stretch the tail). The score is the largest surprise over the
+   percentile, an exponential tail above it fitted to the reference values
+   beyond that percentile by their median excess (so values beyond every
+   reference image still rank, and a few anomalies among the reference images
+   do not stretch the tail). The score is the largest surprise over the
    chosen terms (a min-p combination: an image far out on any term ranks high,
    and a term with heavy-tailed normal values cannot drown the others).
 """
@@ -67,13 +68,14 @@ def level_label(t: float) -> str:
 
 def tail_surprise(values: np.ndarray, reference: np.ndarray, quantile: float = TAIL_QUANTILE) -> np.ndarray:
     """``-log P(X >= value)`` for X distributed like ``reference``: empirical up to its ``quantile``, an
-    exponential tail above it. The tail's scale comes from the spread of the 50th to 90th percentiles
-    (``(q90 - q50) / ln 5``, exact for an exponential above the median), so anomalies among the reference
-    images (up to about a tenth of them) do not stretch it."""
+    exponential tail above it. The tail's scale is fitted to the reference values beyond that quantile by
+    their median excess (``median(x - q) / ln 2``, the maximum of robustness for an exponential), so
+    anomalies among the reference images (fewer than half of the values in the tail) do not stretch it."""
     reference = np.sort(np.asarray(reference, dtype=np.float64))
     values = np.asarray(values, dtype=np.float64)
-    threshold, q50, q90 = np.quantile(reference, [quantile, 0.5, 0.9])
-    scale = max(float(q90 - q50) / np.log(5.0), 1e-12)
+    threshold = float(np.quantile(reference, quantile))
+    excess = reference[reference > threshold] - threshold
+    scale = max(float(np.median(excess)) / np.log(2.0) if len(excess) else 0.0, 1e-12)
     below = 1.0 - np.searchsorted(reference, values, side="left") / (len(reference) + 1.0)
     tail = -np.log(1.0 - quantile) + np.maximum(values - threshold, 0.0) / scale  # in log space: no underflow
     return np.where(values > threshold, tail, -np.log(np.maximum(below, 1.0 - quantile)))
