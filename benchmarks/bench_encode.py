@@ -38,6 +38,7 @@ from latentscope.ingest import encode  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 ROUNDS = 3
+ROWS = Path(__file__).resolve().parent / "encode-rows.json"
 
 
 def small_kl():
@@ -149,7 +150,7 @@ def subset_folder(source: Path, target: Path, n: int) -> Path:
     return target
 
 
-def run_case(name: str, n: int, work: Path) -> dict:
+def run_case(name: str, n: int, work: Path, rounds: int = ROUNDS) -> dict:
     label, build, size, batch_size = CASES[name]
     torch.manual_seed(0)
     model_dir = work / f"model-{name}"
@@ -157,16 +158,16 @@ def run_case(name: str, n: int, work: Path) -> dict:
     codec = Codec.from_pretrained(model_dir, device="cpu")
     folder = make_photo_folder(DATA / f"encode-{size}px-{n}", n, size)
     images = preload(folder)
-    rounds = []
-    for _ in range(ROUNDS):  # interleaved, so a change in machine load hits both sides alike
+    measured = []
+    for _ in range(rounds):  # interleaved, so a change in machine load hits both sides alike
         bare = bare_images_per_second(codec.vae, images, batch_size)
         ours, counts = latentscope_images_per_second(codec, folder, batch_size, work)
-        rounds.append((bare, ours))
+        measured.append((bare, ours))
     del images
-    bare, ours = (float(np.median(side)) for side in zip(*rounds))
-    ratio = float(np.median([o / b for b, o in rounds]))
-    row = {"case": label, "n": n, "batch": batch_size, "bare": bare, "ours": ours, "ratio": ratio,
-           "ratios": [round(o / b, 3) for b, o in rounds], **counts}
+    bare, ours = (float(np.median(side)) for side in zip(*measured))
+    ratio = float(np.median([o / b for b, o in measured]))
+    row = {"key": name, "command": command_line(), "case": label, "n": n, "batch": batch_size, "bare": bare, "ours": ours, "ratio": ratio,
+           "ratios": [round(o / b, 3) for b, o in measured], **counts}
     if name == "kl64":
         half = peak_rss_mb(subset_folder(folder, work / "half", n // 2), model_dir, batch_size, work)
         full = peak_rss_mb(folder, model_dir, batch_size, work)
@@ -179,7 +180,7 @@ def to_markdown(rows: list[dict]) -> str:
     lines = [
         "## Encode (issue 2)",
         "",
-        f"Command: `{command_line()}`  ",
+        "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})) + "  ",
         f"Machine: {machine_line()}",
         "",
         "| case | images | batch | bare `vae.encode` img/s | `latentscope encode` img/s | ratio, median of rounds (target >= 0.9) |",
@@ -193,7 +194,7 @@ def to_markdown(rows: list[dict]) -> str:
         "Bare: all images decoded beforehand into one tensor, `vae.encode` over batches (forward only). "
         "latentscope: the whole `encode()` call on the folder (file discovery, sha256, decoding, resizing, "
         "thumbnails, forward pass, checkpoints, final commit), the same model object and batch size. "
-        f"{ROUNDS} interleaved rounds (bare, latentscope, bare, ...); medians reported, each round's ratio in brackets.",
+        "Interleaved rounds (bare, latentscope, bare, ...); medians reported, each round's ratio in brackets.",
     ]
     for r in rows:
         if "rss" in r:
@@ -211,18 +212,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds per case")
     parser.add_argument("--quick", action="store_true", help="200 images, print only")
     args = parser.parse_args()
     n = 200 if args.quick else args.n
     work = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     try:
-        rows = [run_case(name, n, work) for name in args.cases.split(",")]
+        for name in args.cases.split(","):
+            row = run_case(name, n, work, args.rounds)
+            if not args.quick:  # each finished case is kept, so cases can be measured in separate runs
+                write_section("encode", to_markdown(remember_row(row)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    markdown = to_markdown(rows)
-    print(markdown)
-    if not args.quick:
-        write_section("encode", markdown)
+
+
+def remember_row(row: dict) -> list[dict]:
+    """The latest row of every case measured so far (kept in benchmarks/encode-rows.json, next to RESULTS.md)."""
+    rows = json.loads(ROWS.read_text()) if ROWS.exists() else {}
+    rows[row["key"]] = row
+    ROWS.write_text(json.dumps(rows, indent=1, default=str))
+    return [rows[key] for key in CASES if key in rows]
 
 
 if __name__ == "__main__":

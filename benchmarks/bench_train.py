@@ -149,7 +149,7 @@ def _bare_images_per_second(plan, steps: int, seed: int) -> float:
     torch.manual_seed(seed)
     vae = ae_phase.build_autoencoder(plan).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.learning_rate)
-    batch = torch.rand(plan.batch_size, 3, *plan.size) * 2 - 1
+    batch = ae_phase.to_model_range(torch.randint(0, 256, (plan.batch_size, 3, *plan.size), dtype=torch.uint8))
     started = time.perf_counter()
     for _ in range(steps):
         posterior = vae.encode(batch).latent_dist
@@ -195,8 +195,9 @@ def render(results: dict, command: str) -> str:
                 f"{'x'.join(map(str, c['latent']))} ({c['code_size']}) | {c['ae_psnr']:.2f} dB | {c['pca_psnr']:.2f} dB | "
                 f"{c['margin']:+.2f} dB | {c['epochs']} | {c['seconds'] / 60:.1f} min |"
             )
+        plan32 = make_plan((32, 32), 1600)
         lines += ["", "Target: AE at least 3 dB above PCA within 10 minutes of training on 2 idle CPU cores. The automatic plan",
-                  "trains 36,000 images' worth at 32 px (25 epochs of 1,440); rows with fewer epochs were run with `--epochs`",
+                  f"trains {plan32.epochs} epochs of 1,600 images at 32 px; rows with fewer epochs were run with `--epochs`",
                   "(a reduced budget, on a heavily shared machine), so they show progress, not the plan's result.", ""]
     if "speed" in results:
         s = results["speed"]

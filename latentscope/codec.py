@@ -61,7 +61,8 @@ def locate_component(reference: str | os.PathLike, component: str = "vae") -> Mo
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX):]
         folder = BUILTIN_ROOT / name
-        if not folder.is_dir():
+        plain = name.replace("-", "").replace("_", "").isalnum()  # a built-in name is a word, never a path
+        if not plain or not folder.is_dir():
             known = ", ".join(BUILTIN_PREFIX + n for n in builtin_models()) or "none installed"
             raise ModelError(f"--model {ref}: no built-in model of that name (known: {known})")
         return _locate_local(ref, folder, component)
@@ -167,6 +168,27 @@ def fingerprint(location: ModelLocation, config: dict) -> str:
                     handle.seek(-(1 << 20), os.SEEK_END)
                     digest.update(handle.read())
     return digest.hexdigest()[:16]
+
+
+def check_scope_model(reference: str | os.PathLike, scope) -> None:
+    """Refuse a ``--model`` other than the one ``scope`` was encoded with (checked without loading its weights).
+
+    The fingerprint covers the config and the weights, not the path, so the same
+    model moved to another folder passes.
+    """
+    recorded = scope.model.get("fingerprint")
+    if not recorded:
+        return
+    location = locate_component(reference, "vae")
+    if fingerprint(location, read_config(location)) != recorded:
+        raise other_model_error(reference, scope)
+
+
+def other_model_error(reference, scope):
+    from .errors import ScopeError
+
+    return ScopeError(f"--model {reference}: another model than the one {scope.path} was encoded with "
+                      f"({scope.model.get('reference')}); its latents only decode with that model")
 
 
 class Codec:

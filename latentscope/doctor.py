@@ -19,7 +19,8 @@ import pandas as pd
 
 from .errors import ScopeError
 from .fileio import TMP_SUFFIX, atomic_path, read_json, write_json, write_parquet
-from .scope import COMMIT_MARKER, LATENTS_FILE, MANIFEST_FILE, META_FILE, NEXT_SUFFIX, Scope, normalise_manifest
+from .scope import (COMMIT_MARKER, LATENTS_FILE, MANIFEST_FILE, META_FILE, NEXT_SUFFIX, TABLE_MARKER_GLOB, Scope,
+                    normalise_manifest, uncommitted_files)
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +86,38 @@ def diagnose(path: str | os.PathLike, repair: bool = True, model: str | None = N
     except (OSError, ValueError) as exc:
         raise ScopeError(f"{root / META_FILE}: unreadable ({exc}); the scope cannot be repaired without it") from None
 
+    if model:
+        from .codec import check_scope_model
+
+        check_scope_model(model, Scope(root, recover=False))
     _leftovers(root, report, repair)
     scope = Scope(root, recover=repair)  # recovering finishes an interrupted commit
-    manifest = _check_manifest(scope, report)
-    if manifest is not None:
-        _check_latents(scope, manifest, report, repair, model, device)
-        _check_tables(scope, report, repair)
-        _check_thumbnails(scope, report, repair)
+    with scope.locked():  # repairs write where other writers hold the lock too
+        manifest = _check_manifest(scope, report)
+        if manifest is not None:
+            _check_latents(scope, manifest, report, repair, model, device)
+            _check_tables(scope, report, repair)
+            _check_thumbnails(scope, report, repair)
     return report
 
 
 def _leftovers(root: Path, report: DoctorReport, repair: bool) -> None:
+    finishing = set()  # staged files an interrupted commit will move into place
     marker = root / ".partial" / COMMIT_MARKER
     if marker.exists():
         report.add("a commit was interrupted", "finished it" if repair else "", fixed=repair)
+        finishing |= {root / (MANIFEST_FILE + NEXT_SUFFIX), root / (LATENTS_FILE + NEXT_SUFFIX)}
+    for marker in sorted((root / ".partial").glob(TABLE_MARKER_GLOB)):
+        table = marker.stem.removeprefix("commit-").replace("-", "/", 1)
+        report.add(f"writing {table} was interrupted", "finished it" if repair else "", fixed=repair)
+        finishing.add(root / f"{table}.parquet{NEXT_SUFFIX}")
     for leftover in sorted(root.rglob("*" + TMP_SUFFIX)):
         if leftover.is_file():
             if repair:
                 leftover.unlink()
             report.add(f"half-written temporary file {leftover.relative_to(root)}", "removed" if repair else "", fixed=repair)
-    for leftover in sorted(root.glob("*" + NEXT_SUFFIX)):
-        report.add(f"uncommitted file {leftover.name}", "removed" if repair else "", fixed=repair)
+    for leftover in (p for p in uncommitted_files(root) if p not in finishing):
+        report.add(f"uncommitted file {leftover.relative_to(root)}", "removed" if repair else "", fixed=repair)
 
 
 def _check_manifest(scope: Scope, report: DoctorReport) -> pd.DataFrame | None:

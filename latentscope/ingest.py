@@ -218,6 +218,14 @@ def _run_params(codec: Codec, size, resize, background, sample, seed, max_pixels
     }
 
 
+def _check_out(out: Path, allowed: set[str]) -> None:
+    """Refuse an --out that is a file or a folder of other things (a typo must not litter someone's folder)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not Scope.exists(out) and any(p.name not in allowed for p in out.iterdir()):
+        raise InputError(f"--out {out}: folder is not empty and not a scope; give a new or empty folder")
+
+
 def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Path) -> Scope:
     root_record = os.path.relpath(images_root, out) if images_root.is_relative_to(out) else str(images_root)
     if Scope.exists(out):
@@ -225,6 +233,12 @@ def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Pa
         meta = scope.meta
         recorded = meta.get("preprocess", {})
         mismatched = [k for k in ("size", "resize", "background", "sample", "seed", "model_fingerprint") if recorded.get(k) != params[k]]
+        if "model_fingerprint" in mismatched:
+            raise ScopeError(
+                f"{out}: this scope was encoded with another model ({meta.get('model', {}).get('reference')}, "
+                f"fingerprint {recorded.get('model_fingerprint')}), not {codec.reference} ({codec.fingerprint}); "
+                "encode into a new --out folder"
+            )
         if mismatched:
             key = mismatched[0]
             raise ScopeError(
@@ -287,6 +301,7 @@ def encode(
     out = Path(out).expanduser().resolve()
     if isinstance(images, (str, os.PathLike)) and not Path(images).expanduser().exists():
         raise InputError(f"{images}: no such folder")
+    _check_out(out, allowed={"images"} if isinstance(images, np.ndarray) else set())
     if engine == "ray":
         from .engines import ray_engine  # raises a one-line InputError when Ray is not installed
 
@@ -307,6 +322,8 @@ def encode(
     if isinstance(images, np.ndarray):
         images = write_array_images(images, out / "images", labels)
     root, found = find_images(images, exclude=[out])
+    if not found and not Scope.exists(out):
+        raise InputError(f"{images}: no image files found")
     params = _run_params(codec, size, resize, background, sample, seed, max_pixels)
     scope = _open_or_create_scope(out, codec, params, root)
     summary = EncodeSummary(scope.path, found=len(found))
@@ -430,8 +447,6 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     is_ok = merged["status"] == "ok"
     merged["row"] = -1
     merged.loc[is_ok, "row"] = np.arange(int(is_ok.sum()))
-    latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
-
     summary.encoded = int(((fresh["status"] == "ok") & (fresh["reuse_row"] < 0)).sum())
     summary.reused = int(((fresh["status"] == "ok") & (fresh["reuse_row"] >= 0)).sum())
     failed = fresh[fresh["status"] != "ok"]
@@ -439,7 +454,9 @@ def _finalize(scope: Scope, manifest: pd.DataFrame, partial: Path, task_ids: set
     summary.reasons = Counter(_reason_kind(e) for e in failed["error"])
 
     keep = [c for c in merged.columns if c not in ("source", "source_shard", "source_row", "shard", "shard_row", "reuse_row")]
-    scope.commit(normalise_manifest(merged[keep]), latents_next)
+    with scope.locked():  # a scope opened meanwhile must not take latents.npy.next for a leftover
+        latents_next = _write_latents(scope, merged[is_ok], shard_files, latent_shape)
+        scope.commit(normalise_manifest(merged[keep]), latents_next)
     scope.clear_partial("encode")
 
 

@@ -57,6 +57,8 @@ MANIFEST_COLUMNS = {
     "bytes": "int64",
     "mtime_ns": "int64",
 }
+TABLE_KINDS = ("maps", "scores")
+TABLE_MARKER_GLOB = "commit-*.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -77,6 +79,11 @@ def library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
+def stage_entry(params: dict, **extra: Any) -> dict:
+    """What ``scope.json`` records for one run of a stage: parameters, library versions, time and extras."""
+    return {"params": params, "versions": library_versions(*extra.pop("libraries", ())), "time": now_iso(), **extra}
+
+
 def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in MANIFEST_COLUMNS.items()})
 
@@ -89,6 +96,16 @@ def normalise_manifest(frame: pd.DataFrame) -> pd.DataFrame:
         frame[col] = frame[col].astype(dtype)
     extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
     return frame[list(MANIFEST_COLUMNS) + extra].sort_values("id").reset_index(drop=True)
+
+
+def uncommitted_files(root: Path, *suffixes: str) -> list[Path]:
+    """Staged ``*.next`` files (and files with other ``suffixes``) at the top of a scope and in maps/ and scores/.
+
+    Everything written there is written while holding the scope's lock, so a
+    process that holds the lock and finds such a file knows its writer died.
+    """
+    folders = (root, *(root / kind for kind in TABLE_KINDS))
+    return sorted(p for folder in folders for suffix in (NEXT_SUFFIX, *suffixes) for p in folder.glob("*" + suffix))
 
 
 def check_name(name: str, what: str) -> str:
@@ -106,6 +123,7 @@ class Scope:
             raise ScopeError(f"{self.path}: not a scope (no {META_FILE}); create one with 'latentscope encode'")
         self._manifest: pd.DataFrame | None = None
         self._latents: np.ndarray | None = None
+        self._lock_depth = 0
         if recover:
             self.recover()
 
@@ -139,12 +157,21 @@ class Scope:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise read-modify-write of ``scope.json`` between processes."""
-        with open(self.path / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """Serialise writes to the scope between processes (re-entrant within one ``Scope``)."""
+        if self._lock_depth:
+            self._lock_depth += 1
             try:
                 yield
             finally:
+                self._lock_depth -= 1
+            return
+        with open(self.path / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def update_meta(self, **changes: Any) -> dict:
@@ -156,7 +183,9 @@ class Scope:
 
     def record(self, section: str, name: str, params: dict, **extra: Any) -> None:
         """Record a stage's parameters, library versions and time under ``meta[section][name]``."""
-        entry = {"params": params, "versions": library_versions(*extra.pop("libraries", ())), "time": now_iso(), **extra}
+        self._set_entry(section, name, stage_entry(params, **extra))
+
+    def _set_entry(self, section: str, name: str, entry: dict) -> None:
         with self.locked():
             meta = self.meta
             meta.setdefault(section, {})[name] = entry
@@ -242,6 +271,21 @@ class Scope:
             raise ScopeError(f"{self.path}: manifest path {match.iloc[0]!r} escapes the image folder")
         return path
 
+    def inside(self, *parts: str, what: str = "path") -> Path:
+        """``self.path / parts`` for names read from the scope's own files, refusing any that leave the scope.
+
+        ``scope.json`` and the commit markers may come from someone else: an
+        absolute path, a ``..`` or a symbolic link out of the folder is refused.
+        """
+        relative = Path(*(str(p) for p in parts))
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ScopeError(f"{self.path}: {what} {str(relative)!r} escapes the scope folder; the scope was tampered with")
+        path = self.path / relative
+        resolved = path.resolve()
+        if resolved != self.path and self.path not in resolved.parents:
+            raise ScopeError(f"{self.path}: {what} {str(relative)!r} leads out of the scope folder (a link to {resolved})")
+        return path
+
     def thumb_path(self, image_id: int) -> Path:
         return self.path / "thumbs" / f"{int(image_id)}.jpg"
 
@@ -259,30 +303,44 @@ class Scope:
         """Replace manifest and latents together (``latents_next`` is a complete .npy file)."""
         manifest = normalise_manifest(manifest)
         manifest_next = self.path / (MANIFEST_FILE + NEXT_SUFFIX)
-        write_parquet(manifest_next, manifest)
-        marker = self.path / ".partial" / COMMIT_MARKER
-        write_json(marker, {"latents": latents_next.name, "manifest": manifest_next.name, "time": now_iso()})
-        self._roll_forward(marker)
+        with self.locked():
+            write_parquet(manifest_next, manifest)
+            marker = self.path / ".partial" / COMMIT_MARKER
+            write_json(marker, {"latents": latents_next.name, "manifest": manifest_next.name, "time": now_iso()})
+            self._roll_forward(marker)
         self.invalidate()
 
     def _roll_forward(self, marker: Path) -> None:
         plan = read_json(marker)
         for name, final in ((plan["latents"], LATENTS_FILE), (plan["manifest"], MANIFEST_FILE)):
+            if name != final + NEXT_SUFFIX:  # the marker is read from disk: it names nothing else
+                raise ValueError(f"it names {name!r}, not {final + NEXT_SUFFIX}")
             source = self.path / name
             if source.exists():
                 os.replace(source, self.path / final)
         marker.unlink()
 
     def recover(self) -> None:
-        """Finish a commit a crash interrupted, and drop half-written files that were never committed."""
-        marker = self.path / ".partial" / COMMIT_MARKER
-        if marker.exists():
+        """Finish commits a crash interrupted, and drop half-written files that were never committed."""
+        markers = [self.path / ".partial" / COMMIT_MARKER, *sorted((self.path / ".partial").glob(TABLE_MARKER_GLOB))]
+        if not any(m.exists() for m in markers) and not uncommitted_files(self.path, TMP_SUFFIX):
+            return
+        with self.locked():  # a writer holds the lock while its staged files are on their way in
+            self._recover(markers)
+
+    def _recover(self, markers: list[Path]) -> None:
+        for marker in markers:
+            if not marker.exists():
+                continue
             try:
-                self._roll_forward(marker)
-                log.info("%s: finished an interrupted commit", self.path)
-            except (OSError, ValueError, KeyError) as exc:
-                raise ScopeError(f"{marker}: unreadable commit marker ({exc}); run 'latentscope doctor'") from None
-        for leftover in self.path.glob("*" + NEXT_SUFFIX):
+                if marker.name == COMMIT_MARKER:
+                    self._roll_forward(marker)
+                else:
+                    self._roll_forward_table(marker)
+                log.info("%s: finished an interrupted commit (%s)", self.path, marker.name)
+            except (OSError, ValueError, KeyError, TypeError, ScopeError) as exc:
+                raise ScopeError(f"{marker}: unreadable or tampered commit marker ({exc}); move it away to open the scope") from None
+        for leftover in uncommitted_files(self.path, TMP_SUFFIX):  # their writers held the lock, so they are dead
             leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ maps and scores
@@ -291,10 +349,32 @@ class Scope:
         return self.path / kind / f"{check_name(name, kind[:-1])}.parquet"
 
     def write_table(self, kind: str, name: str, frame: pd.DataFrame, params: dict, **extra: Any) -> Path:
+        """Store ``kind/name.parquet`` and its ``scope.json`` entry together (a crash leaves both old or both new).
+
+        The table is written as ``name.parquet.next``, then a commit marker holding
+        the new entry; rolling forward renames the table into place, records the
+        entry and removes the marker, and :meth:`recover` repeats that after a crash.
+        """
         path = self._table_path(kind, name)
-        write_parquet(path, frame)
-        self.record(kind, name, params, **extra)
+        staged = path.with_name(path.name + NEXT_SUFFIX)
+        with self.locked():
+            write_parquet(staged, frame)
+            marker = self.path / ".partial" / f"commit-{kind}-{name}.json"
+            write_json(marker, {"kind": kind, "name": name, "entry": stage_entry(params, **extra)})
+            self._roll_forward_table(marker)
         return path
+
+    def _roll_forward_table(self, marker: Path) -> None:
+        plan = read_json(marker)
+        kind, name, entry = plan["kind"], plan["name"], plan["entry"]
+        if kind not in TABLE_KINDS or not isinstance(entry, dict):
+            raise ValueError(f"not a table commit ({kind!r})")
+        path = self._table_path(kind, name)
+        staged = path.with_name(path.name + NEXT_SUFFIX)
+        if staged.exists():
+            os.replace(staged, path)
+        self._set_entry(kind, name, entry)
+        marker.unlink()
 
     def read_table(self, kind: str, name: str) -> pd.DataFrame:
         path = self._table_path(kind, name)

@@ -1,4 +1,10 @@
-"""Crash at any moment: kill -9 at seeded random times, rerun, and the result equals an uninterrupted run.
+"""Crash at any moment: kill -9 at seeded random points, rerun, and the result equals an uninterrupted run.
+
+Each command runs in a child process (see ``reliability.py``) that is killed
+at ten seeded random moments after its imports plus six seeded commit
+boundaries (right before or after a random ``os.replace``), rerun after each
+kill, and finally run to the end; the final files must equal those of an
+uninterrupted run, with no duplicate rows and no half-written file.
 
 Also a full disk: a write that fails with ENOSPC leaves the scope exactly as it was.
 """
@@ -6,11 +12,9 @@ Also a full disk: a write that fails with ENOSPC leaves the scope exactly as it 
 from __future__ import annotations
 
 import errno
-import random
-import subprocess
-import sys
+import shutil
 import textwrap
-import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,11 +25,13 @@ from latentscope.ingest import encode
 from latentscope.scope import Scope
 
 from conftest import make_image_folder
+from reliability import crash_sequence, leftovers, note, run_child
 
 ENCODE = textwrap.dedent(
     """
     import sys
     from latentscope.ingest import encode
+    reliability.ready()
     encode(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=4, checkpoint_images=8, checkpoint_seconds=0.2,
            progress=False, device="cpu", workers=1)
     """
@@ -33,44 +39,22 @@ ENCODE = textwrap.dedent(
 COLUMNS = ["id", "path", "sha256", "width", "height", "status", "error", "row"]
 
 
-def run_encode(images, model, out):
-    return subprocess.Popen([sys.executable, "-c", ENCODE, str(images), str(model), str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def kill_at_random_times(command, n_kills: int, seed: int, duration: float) -> list[float]:
-    """Start ``command()`` and kill -9 it at seeded random moments until it completes once; return kill times."""
-    rng = random.Random(seed)
-    kills = []
-    for _ in range(n_kills):
-        process = command()
-        delay = rng.uniform(0.2, duration)
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            kills.append(delay)
-    final = command()
-    assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-2000:]
-    return kills
-
-
 @pytest.mark.slow
 def test_encode_survives_kill_9_at_random_points(tmp_path, kl_folder):
     images = make_image_folder(tmp_path / "images", 120)
     reference = tmp_path / "reference"
-    started = time.monotonic()
-    assert run_encode(images, kl_folder, reference).wait(timeout=600) == 0
-    duration = time.monotonic() - started
+    first = run_child(ENCODE, [images, kl_folder, reference], tmp_path / "run")
+    assert first.returncode == 0, first.stderr[-2000:]
 
     out = tmp_path / "scope"
-    kills = kill_at_random_times(lambda: run_encode(images, kl_folder, out), 10, seed=2, duration=duration)
-    assert len(kills) >= 5, "most kills should land while the run is still going"
+    log = crash_sequence("encode", ENCODE, [images, kl_folder, out], tmp_path / "run", seed=2,
+                         duration=first.work_seconds, replaces=first.replaces)
+    assert log.landed >= 10, "most kills should land while the run is still going"
     got, want = Scope(out), Scope(reference)
     pd.testing.assert_frame_equal(got.manifest()[COLUMNS], want.manifest()[COLUMNS])
+    assert not got.manifest()["id"].duplicated().any() and not got.manifest()["path"].duplicated().any()
     np.testing.assert_array_equal(got.latents(), want.latents())
-    assert not list(out.rglob("*.tmp")) and not (out / ".partial" / "encode").exists()
+    assert not leftovers(out) and not (out / ".partial" / "encode").exists()
 
 
 def test_full_disk_during_commit_leaves_scope_as_it_was(tmp_path, kl_folder, monkeypatch):
@@ -98,3 +82,180 @@ def test_full_disk_during_commit_leaves_scope_as_it_was(tmp_path, kl_folder, mon
     assert not list(out.rglob("*.tmp"))
     summary = encode(images, kl_folder, out, progress=False, device="cpu")  # resumes from the checkpoints
     assert summary.encoded == 9 and len(Scope(out).latents()) == 15
+    note("full-disk", command="encode", survived=True)
+
+
+# ---------------------------------------------------------------------- project
+
+PROJECT = textwrap.dedent(
+    """
+    import sys
+    from latentscope.projection import project
+    from latentscope.projection.jit import load_umap
+    load_umap()
+    reliability.ready()
+    project(sys.argv[1], "default", seed=int(sys.argv[2]), progress=False)
+    """
+)
+VOLATILE = ("time", "seconds", "versions")  # provenance that differs between any two runs
+
+
+@pytest.fixture(scope="module")
+def small_scope(tmp_path_factory, kl_folder) -> Path:
+    root = tmp_path_factory.mktemp("crash-project")
+    encode(make_image_folder(root / "images", 150), kl_folder, root / "scope", progress=False, device="cpu", thumbnails=False)
+    return root / "scope"
+
+
+def map_state(scope_path: Path, name: str = "default") -> tuple[pd.DataFrame, dict]:
+    """The map's table and its scope.json entry without the run's timings."""
+    scope = Scope(scope_path)
+    entry = {k: v for k, v in scope.meta["maps"][name].items() if k not in VOLATILE}
+    if entry.get("quality"):
+        entry["quality"] = {k: v for k, v in entry["quality"].items() if k not in VOLATILE}
+    return scope.read_map(name), entry
+
+
+def assert_same_index(got: Path, want: Path) -> None:
+    got_files = sorted(p.relative_to(got) for p in got.rglob("*.npy"))
+    assert got_files == sorted(p.relative_to(want) for p in want.rglob("*.npy"))
+    for rel in got_files:
+        np.testing.assert_array_equal(np.load(got / rel, allow_pickle=False), np.load(want / rel, allow_pickle=False))
+
+
+@pytest.mark.slow
+def test_project_survives_kill_9_at_random_points(tmp_path, small_scope):
+    from latentscope.projection import load_projection
+
+    reference, out = tmp_path / "reference", tmp_path / "scope"
+    shutil.copytree(small_scope, reference)
+    shutil.copytree(small_scope, out)
+    first = run_child(PROJECT, [reference, 0], tmp_path / "run")
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    log = crash_sequence("project", PROJECT, [out, 0], tmp_path / "run", seed=3, duration=first.work_seconds,
+                         replaces=first.replaces)
+    assert log.landed >= 10
+    (got_map, got_entry), (want_map, want_entry) = map_state(out), map_state(reference)
+    pd.testing.assert_frame_equal(got_map, want_map)
+    assert got_entry == want_entry
+    assert not got_map["id"].duplicated().any() and set(got_map["id"]) == set(Scope(out).ok_manifest()["id"])
+    assert_same_index(out / "index", reference / "index")
+    assert not leftovers(out)
+    probe = np.asarray(Scope(out).latents()[:5], np.float32)
+    np.testing.assert_array_equal(load_projection(out).transform(probe), load_projection(reference).transform(probe))
+
+
+class SimulatedCrash(BaseException):
+    """Stands for kill -9: nothing after it runs (it is no Exception, so no handler catches it)."""
+
+
+def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_scope, monkeypatch):
+    """Crash before each commit boundary of a project run that replaces a map: the scope shows the old map with its
+    old entry or the new map with its new entry."""
+    from latentscope.projection import project
+
+    old_scope, new_scope = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(small_scope, old_scope)
+    project(old_scope, seed=0, progress=False, quality=False)
+    shutil.copytree(old_scope, new_scope)
+    project(new_scope, seed=1, progress=False, quality=False)
+    old, new = map_state(old_scope), map_state(new_scope)
+    assert old[1]["params"]["random_state"] == 0 and new[1]["params"]["random_state"] == 1
+
+    import os
+
+    real_replace = os.replace
+    boundary, outcomes = 0, []
+    while True:
+        boundary += 1
+        work = tmp_path / f"crash-{boundary}"
+        shutil.copytree(old_scope, work)
+        calls = 0
+
+        def crash_at_boundary(src, dst, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == boundary:
+                raise SimulatedCrash
+            return real_replace(src, dst, **kwargs)
+
+        monkeypatch.setattr(os, "replace", crash_at_boundary)
+        try:
+            project(work, seed=1, progress=False, quality=False)
+            finished = True
+        except SimulatedCrash:
+            finished = False
+        monkeypatch.setattr(os, "replace", real_replace)
+        got = map_state(work)  # opening the scope finishes an interrupted commit
+        matches_old = got[0].equals(old[0]) and got[1] == old[1]
+        matches_new = got[0].equals(new[0]) and got[1] == new[1]
+        assert matches_old or matches_new, f"a crash before os.replace call {boundary} left a map that mixes two runs"
+        assert not leftovers(work)
+        outcomes.append("new" if matches_new else "old")
+        shutil.rmtree(work)
+        if finished:
+            break
+    assert boundary >= 3 and "old" in outcomes and outcomes[-1] == "new"
+    note("crash-boundaries", command="project over an old map", boundaries=boundary - 1, mixed=0)
+
+
+# ---------------------------------------------------------------------- train
+
+TRAIN = textwrap.dedent(
+    """
+    import sys
+    from latentscope.training import train
+    reliability.ready()
+    train(sys.argv[1], sys.argv[2], size=16, width=8, epochs=3, denoiser_epochs=3, batch_size=4, learning_rate=3e-3,
+          patience=0, checkpoint_seconds=0.2, progress=False, device="cpu")
+    """
+)
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds", "train_seconds", "environment")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def model_files(folder: Path) -> dict:
+    """Weights, configs and the training record of a model folder, without the run's timings."""
+    import json
+
+    from safetensors.torch import load_file
+
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.suffix == ".safetensors":
+            files[rel] = {k: v.numpy() for k, v in load_file(str(path)).items()}
+        elif path.suffix == ".json":
+            files[rel] = _without_timings(json.loads(path.read_text()))
+        elif path.is_file():
+            files[rel] = "present"
+    return files
+
+
+@pytest.mark.slow
+def test_train_survives_kill_9_at_random_points(tmp_path):
+    images = make_image_folder(tmp_path / "images", 40)
+    reference, out = tmp_path / "reference", tmp_path / "model"
+    first = run_child(TRAIN, [images, reference], tmp_path / "run")
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    log = crash_sequence("train", TRAIN, [images, out], tmp_path / "run", seed=4, duration=first.work_seconds,
+                         replaces=first.replaces, start_over=lambda: shutil.rmtree(out))
+    assert log.landed >= 10
+    got, want = model_files(out), model_files(reference)
+    assert got.keys() == want.keys() and "vae/diffusion_pytorch_model.safetensors" in got and "README.md" in got
+    for name, value in want.items():
+        if isinstance(value, dict) and name.endswith(".safetensors"):
+            assert got[name].keys() == value.keys()
+            for key in value:
+                np.testing.assert_array_equal(got[name][key], value[key], err_msg=f"{name}: {key}")
+        else:
+            assert got[name] == value, name
+    assert not (out / "checkpoints").exists() and not leftovers(out)

@@ -19,7 +19,9 @@ from dash.exceptions import PreventUpdate  # noqa: E402
 from latentscope.dashboard import create_app  # noqa: E402
 from latentscope.dashboard.figures import OVERLAYS  # noqa: E402
 from latentscope.dashboard.jobs import JobManager  # noqa: E402
+from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS  # noqa: E402
 from latentscope.dashboard.security import choose_token, is_loopback  # noqa: E402
+from latentscope.errors import InputError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,28 @@ def test_anomaly_threshold_and_table(cb):
     assert cb.table_focus({"row": 0, "column": 0}, rows) == rows[0]["id"]
 
 
+def test_heatmaps_of_the_default_score_are_served_and_shown(explorer_scope, tmp_path, client, cb):
+    import shutil
+
+    from latentscope.anomaly import score
+
+    image_id = int(cb.data.points["id"].iloc[0])
+    assert cb.heatmaps is None and client.get(f"/heatmap/{image_id}.png").status_code == 404  # a score without maps
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    score(scoped, method="roundtrip", progress=False, top=0)  # replaces 'default' with a score that has heatmaps
+    app = create_app(scoped, device="cpu")
+    assert app.latentscope.heatmaps is not None
+    served = app.server.test_client().get(f"/heatmap/{image_id}.png")
+    assert served.status_code == 200 and Image.open(io.BytesIO(served.data)).format == "PNG"
+    assert app.server.test_client().get("/heatmap/99999.png").status_code == 404
+    panel = app.latentscope.callbacks.inspect_panel(image_id)
+    assert f"heatmap/{image_id}.png" in str(panel)
+    rows = app.latentscope.callbacks.table_rows("score:default")
+    stored = app.latentscope.data.scope.read_scores("default")
+    assert rows[0]["score"] == pytest.approx(stored["score"].max()) and rows[0]["id"] == stored.loc[stored["score"].idxmax(), "id"]
+
+
 def test_walk_chips_and_clear(cb):
     ids = cb.data.points["id"].tolist()[:3]
     chips = cb.walk_chips(ids)
@@ -155,8 +179,7 @@ def test_routes_serve_only_manifest_ids(client, cb):
     recon = client.get(f"/recon/{image_id}.png")
     assert Image.open(io.BytesIO(recon.data)).size == (32, 32)
     assert "id" in client.get(f"/info/{image_id}").get_json()["text"]
-    for path in ("/thumb/99999.jpg", "/thumb/-1.jpg", "/thumb/..%2F..%2Fetc%2Fpasswd", "/image/%2Fetc%2Fpasswd",
-                 "/image/../../etc/passwd", "/jobs/abcdefabcdef/walk.gif", "/info/abc", "/recon/12345678.png"):
+    for path in TRAVERSAL_ATTEMPTS:
         assert client.get(path).status_code == 404, path
 
 
@@ -179,6 +202,9 @@ def test_choose_token():
     assert len(choose_token("0.0.0.0", None, False)) > 20
     warnings = []
     assert choose_token("0.0.0.0", None, True, warnings.append) is None and "WARNING" in warnings[0]
+    assert choose_token("0.0.0.0", "a-long-enough-token", False) == "a-long-enough-token"
+    with pytest.raises(InputError, match="at least 16"):
+        choose_token("0.0.0.0", "short", False)
 
 
 def test_job_manager_runs_reports_and_prunes():

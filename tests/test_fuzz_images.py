@@ -16,6 +16,8 @@ from PIL import Image
 from latentscope.errors import ImageError
 from latentscope.images import prepare_image
 
+from reliability import note
+
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 SIZE = (16, 16)
 TIME_LIMIT = 2.0
@@ -106,3 +108,5 @@ def report_counts():
     yield
     total = sum(KINDS_SEEN.values())
     print(f"\nfuzzed the image loader with {total} inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(KINDS_SEEN.items())))
+    for kind, count in sorted(KINDS_SEEN.items()):
+        note("bad-input", what="image file bytes", variant=kind, count=count)

@@ -1,4 +1,4 @@
-"""20 concurrent clients against a real explorer server on loopback: no failed request, flat memory."""
+"""A real explorer server on loopback: 20 concurrent clients (no failed request, flat memory), traversal attempts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from latentscope.dashboard.loadtest import drive
+from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS, drive, probe, refused
+
+from reliability import note
 from servers import free_port, live_server
 
 pytestmark = pytest.mark.slow
@@ -18,6 +20,15 @@ def server(explorer_scope, tmp_path):
     args = ["serve", str(explorer_scope), "--port", str(port), "--device", "cpu", "-q"]
     with live_server(args, port, tmp_path / "server.log") as running:
         yield running
+
+
+def test_traversal_attempts_on_a_live_server_are_refused(server):
+    answers = probe(server[0])
+    assert len(answers) == len(TRAVERSAL_ATTEMPTS)
+    let_through = {path: status for path, (status, body) in answers.items() if not refused(status, body)}
+    assert not let_through, let_through
+    note("traversal-live", attempts=len(answers), refused=len(answers) - len(let_through),
+         statuses=sorted({status for status, _ in answers.values()}))
 
 
 def test_twenty_clients_no_failures_and_flat_memory(server, explorer_scope):

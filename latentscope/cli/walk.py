@@ -119,10 +119,10 @@ def export_options(args: argparse.Namespace, recorded: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..walks.core import Walker
-    from ..walks.export import export_format
+    from ..walks.export import check_output
     from ..walks.replay import read_sidecar, replay
 
-    export_format(args.out)
+    check_output(args.out)
     recorded = {}
     if args.replay:
         walk = replay(args.replay, scope=args.scope, model=args.model, denoiser=args.denoiser, device=args.device, dtype=args.dtype)

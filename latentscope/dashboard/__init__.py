@@ -57,13 +57,24 @@ def create_app(
         serve_locally=True,
     )
     jobs = JobManager()
-    callbacks = Callbacks(data, jobs)
+    heatmaps = _heatmaps(data)
+    callbacks = Callbacks(data, jobs, heatmaps=heatmaps)
     app.layout = build_layout(data)
     register(app, callbacks)
-    register_routes(app.server, data, jobs, prefix=prefix, extra_images=None)
+    register_routes(app.server, data, jobs, prefix=prefix, extra_images=heatmaps)
     install_security(app.server, token)
-    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks)
+    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks, heatmaps=heatmaps)
     return app
+
+
+def _heatmaps(data):
+    """``image id -> PNG bytes`` of the default score's heatmap overlays, or None when it has none."""
+    column = data.default_score_column
+    if column is None:
+        return None
+    from ..anomaly.heatmaps import heatmap_renderer
+
+    return heatmap_renderer(data.scope, column[len("score:"):], model=data.model_reference, device=data.device)
 
 
 def _one_thread_per_request_on_cpu() -> None:
@@ -79,8 +90,9 @@ def _one_thread_per_request_on_cpu() -> None:
 def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
           debug: bool = False, threads: int = 8, announce=print, **app_options) -> None:
     """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed)."""
-    from .security import choose_token, is_loopback
+    from .security import check_host, choose_token, is_loopback
 
+    check_host(host)
     token = choose_token(host, token, no_auth, announce)
     _one_thread_per_request_on_cpu()
     app = create_app(scope, token=token, **app_options)

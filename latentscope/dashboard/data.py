@@ -41,6 +41,10 @@ class ExplorerData:
     def __init__(self, scope: Scope | str | Path, map_name: str | None = None, model: str | None = None, device: str = "auto",
                  density_threshold: int = DENSITY_THRESHOLD, zoom_points: int = ZOOM_POINTS):
         self.scope = scope if isinstance(scope, Scope) else Scope(scope)
+        if model:
+            from ..codec import check_scope_model
+
+            check_scope_model(model, self.scope)
         self.density_threshold = int(density_threshold)
         self.zoom_points = int(zoom_points)
         self.model_reference = model or self.scope.model.get("reference")

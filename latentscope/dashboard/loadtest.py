@@ -1,20 +1,76 @@
-"""Drive a running explorer with concurrent clients, as browsers would: hover, inspect, walk.
+"""Drive a running explorer with concurrent clients, as browsers would: hover, inspect, walk; probe it with
+path-traversal attempts.
 
-Used by the load test in the test suite and by ``benchmarks/bench_load.py``. Requests go only to the given
-loopback URL; every loop is bounded in time and count.
+Used by the load and security tests in the test suite and by ``benchmarks/bench_reliability.py``. Requests go
+only to the given loopback URL; every loop is bounded in time and count.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-import numpy as np
+#: Paths that try to reach files outside what the explorer serves: raw, percent-encoded, double-encoded,
+#: overlong UTF-8, backslashes, NUL bytes, absolute paths, and ids that are not in the manifest.
+TRAVERSAL_ATTEMPTS = (
+    "/thumb/../../etc/passwd",
+    "/thumb/..%2F..%2Fetc%2Fpasswd",
+    "/thumb/%2e%2e/%2e%2e/etc/passwd",
+    "/thumb/%252e%252e%252fetc%252fpasswd",
+    "/thumb/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+    "/thumb/0.jpg/../../../etc/passwd",
+    "/thumb/-1.jpg",
+    "/thumb/99999.jpg",
+    "/image/%2Fetc%2Fpasswd",
+    "/image//etc/passwd",
+    "/image/../../etc/passwd",
+    "/image/..\\..\\etc\\passwd",
+    "/image/1.png%00.jpg",
+    "/recon/12345678.png",
+    "/heatmap/..%2Fscope.json",
+    "/info/abc",
+    "/jobs/abcdefabcdef/walk.gif",
+    "/jobs/../../etc/passwd",
+    "/jobs/abcdefabcdef/..%2F..%2Fetc%2Fpasswd",
+    "/assets/../../etc/passwd",
+    "/assets/..%2f..%2f..%2fetc%2fpasswd",
+    "/assets/%2e%2e%2f%2e%2e%2fscope.json",
+    "/_dash-component-suites/dash/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/../../etc/passwd",
+    "/etc/passwd",
+    "//etc/passwd",
+    "/scope.json",
+    "/latents.npy",
+    "/images.parquet",
+)
+
+
+def probe(base: str, paths=TRAVERSAL_ATTEMPTS) -> dict[str, tuple[int, bytes]]:
+    """Send each path byte for byte (no client-side normalisation) and return (status, body start) per path."""
+    parts = urllib.parse.urlsplit(base)
+    answers = {}
+    for path in paths:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            connection.putrequest("GET", parts.path.rstrip("/") + path, skip_accept_encoding=True)
+            connection.endheaders()
+            response = connection.getresponse()
+            answers[path] = (response.status, response.read(4096))
+        finally:
+            connection.close()
+    return answers
+
+
+def refused(status: int, body: bytes) -> bool:
+    """A traversal attempt is refused when it gets a 4xx and nothing that looks like a system or scope file."""
+    return 400 <= status < 500 and b"root:" not in body and b'"format"' not in body
 
 
 @dataclass

@@ -77,10 +77,22 @@ def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = 
     owned = tuple(prefix + p for p in ("thumb/", "image/", "recon/", "heatmap/", "info/", "jobs/"))
 
     def refuse_unmatched():
-        """Dash answers any unknown path with its page; under our prefixes an unmatched path is a 404."""
+        """Dash answers any unknown path with its page; the explorer is one page, so any other path is a 404."""
         rule = request.url_rule
         if request.path.startswith(owned) and (rule is None or not rule.endpoint.startswith("latentscope_")):
             abort(404)
+        if rule is not None and rule.rule == prefix + "<path:path>":  # Dash's catch-all for multi-page apps
+            abort(404)
+        if any(part in ("..", ".") or "\\" in part or "\x00" in part for part in request.path.split("/")):
+            abort(404)
+
+    def missing_dependency(error):
+        """Dash answers a request for a script it does not have with an exception (a 500); it is a 404."""
+        return Response("not found\n", status=404, mimetype="text/plain")
+
+    from dash.exceptions import DependencyException
+
+    server.register_error_handler(DependencyException, missing_dependency)
 
     server.before_request(refuse_unmatched)
     for rule, view in (

@@ -17,6 +17,7 @@ from flask import Response, request
 
 COOKIE = "latentscope_token"
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+MIN_TOKEN_LENGTH = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -28,8 +29,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_host(host: str) -> None:
+    """Refuse an interface name that does not resolve (before the app is built, not at bind time)."""
+    import socket
+
+    from ..errors import InputError
+
+    try:
+        socket.getaddrinfo(host.strip("[]"), None)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise InputError(f"--host {host}: not an address or a name this machine can resolve ({exc})") from None
+
+
 def choose_token(host: str, token: str | None, no_auth: bool, announce=print) -> str | None:
-    if token:
+    from ..errors import InputError
+
+    if token is not None:
+        if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+            raise InputError(f"--token: use at least {MIN_TOKEN_LENGTH} printable characters without spaces "
+                             "(or leave it out and one is generated)")
         return token
     if is_loopback(host):
         return None

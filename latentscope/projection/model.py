@@ -38,6 +38,7 @@ INVERSE_METHODS = ("blend", "umap")
 LAYOUT_VARIANT = "layout-3"
 _WARMED_UP = False
 DEFAULT_EPOCHS = 200
+MAX_EPOCHS = 100_000
 WARM_START_EPOCHS = 60  # epochs for a layout that starts from another map's coordinates
 WARM_START_LEARNING_RATE = 0.5  # times learning_rate: an organised start needs no large first steps
 MODEL_FILE = "projection.json"
@@ -136,8 +137,11 @@ class LatentProjection:
             raise InputError(f"metric {self.metric!r}: choose one of {', '.join(METRICS)}")
         if self.pca_components is not None and (not isinstance(self.pca_components, (int, np.integer)) or self.pca_components < 0):
             raise InputError(f"pca_components {self.pca_components!r}: must be a whole number (0 or None: no PCA)")
-        if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer)) or self.n_epochs < 1):
-            raise InputError(f"n_epochs {self.n_epochs!r}: must be a whole number of at least 1")
+        if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer)) or not 1 <= self.n_epochs <= MAX_EPOCHS):
+            raise InputError(f"n_epochs {self.n_epochs!r}: must be a whole number from 1 to {MAX_EPOCHS:,}")
+        if self.random_state is not None and (not isinstance(self.random_state, (int, np.integer))
+                                              or not 0 <= self.random_state < 2**32):
+            raise InputError(f"seed {self.random_state!r}: must be a whole number from 0 to 2**32 - 1")
         if self.inverse_method not in INVERSE_METHODS:
             raise InputError(f"inverse_method {self.inverse_method!r}: choose one of {', '.join(INVERSE_METHODS)}")
         if isinstance(self.init, str):

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, ScopeError
-from ..fileio import load_npy, write_npy
+from ..fileio import TMP_SUFFIX, load_npy, write_npy
 from ..scope import Scope, check_name
 from .index import INDEX_FILE, NeighbourIndex
 from .model import LatentProjection, Steps
@@ -131,11 +131,18 @@ def _index_lock(scope: Scope):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _read_ids(folder: Path) -> np.ndarray:
+    try:
+        return load_npy(folder / "ids.npy")
+    except (OSError, ValueError) as exc:
+        raise ScopeError(f"{folder}: unreadable neighbour index ({exc}); rerun 'latentscope project' to rebuild it") from None
+
+
 def _load_index(folder: Path, ids: np.ndarray) -> NeighbourIndex | None:
     if not (folder / INDEX_FILE).exists():
         return None
     index, _ = NeighbourIndex.load(folder)
-    stored = load_npy(folder / "ids.npy")
+    stored = _read_ids(folder)
     if not np.array_equal(stored, ids):
         raise ScopeError(f"{folder}: index rows do not match its images; delete the folder and rerun 'latentscope project'")
     return index
@@ -148,6 +155,8 @@ def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint:
     k = min(int(model.n_neighbors), len(latents) - 1)
     with _index_lock(scope) as root:
         folder = root / key
+        for leftover in folder.glob("*" + TMP_SUFFIX):  # from a build that was killed (we hold the lock)
+            leftover.unlink(missing_ok=True)
         index = None if rebuild else _load_index(folder, ids)
         if index is not None and model._index_fits(index, len(latents), k):
             return index, key, True
@@ -310,11 +319,11 @@ def load_projection(scope, name: str = "default", latents: bool = True) -> Laten
     frame = scope.read_map(name)
     if not entry or "index" not in entry or "state" not in entry:
         raise ScopeError(f"{scope.path}: map {name!r} has no stored projection state; make it again with 'latentscope project'")
-    folder = scope.path / INDEX_DIR / entry["index"]
-    index = _load_index(folder, load_npy(folder / "ids.npy")) if (folder / "ids.npy").exists() else None
+    folder = scope.inside(INDEX_DIR, str(entry["index"]), what=f"the neighbour index of map {name!r}")
+    ids = _read_ids(folder) if (folder / "ids.npy").exists() else None
+    index = _load_index(folder, ids) if ids is not None else None
     if index is None:
         raise ScopeError(f"{folder}: the neighbour index of map {name!r} is missing; make the map again with 'latentscope project'")
-    ids = load_npy(folder / "ids.npy")
     fitted = frame[frame["fitted"]] if "fitted" in frame else frame
     if not np.array_equal(fitted["id"].to_numpy(np.int64), ids):
         raise ScopeError(f"{scope.path}: map {name!r} and its neighbour index disagree; make the map again")

@@ -46,7 +46,8 @@ __all__ = ["train", "TrainResult", "make_plan", "load_images"]
 
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
-RECIPE_VERSION = 1
+REMOVED_CHECKPOINTS = ".checkpoints.removed"
+RECIPE_VERSION = 2  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
 
 
 @dataclass
@@ -112,7 +113,7 @@ def train(
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     _check_options(val_fraction, patience, seed)
-    _check_out(out, overwrite)
+    _check_out(out)
     device = resolve_device(device)
     data = load_images(images, size, resize, parse_background(background), progress)
     train_idx, val_idx = split_validation(len(data.pixels), val_fraction, seed)
@@ -121,6 +122,10 @@ def train(
     identity = {"data": data.fingerprint(), "plan": dataclasses.asdict(plan), "seed": seed, "val_fraction": val_fraction,
                 "patience": patience, "kl_weight": ae_phase.KL_WEIGHT, "recipe": RECIPE_VERSION, "device": device.type}
     checkpoints = out / CHECKPOINT_DIR
+    stored = _trained_before(out, {**identity, "denoiser": bool(denoiser)}, overwrite)
+    if stored is not None:
+        log.info("%s: already trained from these images with these settings; nothing to do", out)
+        return _result_from_record(out, stored)
     checkpoints.mkdir(parents=True, exist_ok=True)
     log.info("training on %d images (%d validation), plan %s", len(train_idx), len(val_idx), plan)
 
@@ -136,13 +141,19 @@ def train(
                                     checkpoint_seconds, progress, callback, out)
 
     record = _record(out, name, command, data, train_idx, val_idx, plan, seed, vae, ae_result, ae_metrics, dn_record, device)
+    record["identity"] = _jsonable({**identity, "denoiser": bool(denoiser)})
     # an interrupted and resumed run counts the phase time of its earlier runs too
     phase_seconds = ae_result.seconds + (dn_record["seconds"] if dn_record else 0.0)
     record["seconds"] = round(max(time.perf_counter() - started, phase_seconds), 2)
-    write_json(out / RECORD_FILE, record)
     write_card(out / "README.md", record)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return TrainResult(out, ae_metrics["psnr"], ae_metrics["ssim"], dn_record["metrics"]["val_loss"] if dn_record else None,
+    write_json(out / RECORD_FILE, record)
+    _remove_checkpoints(out)
+    return _result_from_record(out, record)
+
+
+def _result_from_record(out: Path, record: dict) -> TrainResult:
+    metrics, denoiser = record["autoencoder"]["metrics"], record.get("denoiser")
+    return TrainResult(out, metrics["psnr"], metrics["ssim"], denoiser["metrics"]["val_loss"] if denoiser else None,
                        record["seconds"], record)
 
 
@@ -156,16 +167,53 @@ def _check_options(val_fraction: float, patience: int, seed: int) -> None:
         raise InputError(f"seed {seed}: must be 0 or more")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+MODEL_PARTS = ("vae", "unet", "scheduler", CHECKPOINT_DIR, REMOVED_CHECKPOINTS, RECORD_FILE, "README.md")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, a scope, or a folder of other things (before any work is done)."""
+    from ..scope import Scope
+
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; give a folder for the model")
-    record = out / RECORD_FILE
-    if record.exists():
-        if not overwrite:
-            raise InputError(f"--out {out}: already holds a trained model; give another folder or --overwrite")
-        for part in ("vae", "unet", "scheduler", CHECKPOINT_DIR):
-            shutil.rmtree(out / part, ignore_errors=True)
-        record.unlink()
+    if Scope.exists(out):
+        raise InputError(f"--out {out}: is a scope folder; give a folder for the model")
+    if out.is_dir() and any(out.iterdir()) and not any((out / part).exists() for part in MODEL_PARTS):
+        raise InputError(f"--out {out}: folder is not empty and holds no latentscope model; give a new or empty folder")
+
+
+def _trained_before(out: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The record of a model already trained in ``out`` from the same data and settings, if complete.
+
+    A model trained with other settings is refused unless ``overwrite`` (then it
+    is removed, its record first, so a crash midway leaves no half model that
+    looks finished). A run stopped after its record was written, before it
+    removed its checkpoints, is finished by the caller.
+    """
+    shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
+    record_path = out / RECORD_FILE
+    if not record_path.exists():
+        return None
+    try:
+        record = read_json(record_path)
+    except (OSError, ValueError):
+        record = {}
+    if record.get("identity") == _jsonable(identity):
+        return None if (out / CHECKPOINT_DIR).is_dir() else record
+    if not overwrite:
+        raise InputError(f"--out {out}: already holds a model trained with other data or settings; give another "
+                         "folder or --overwrite")
+    record_path.unlink()
+    for part in (out / name for name in MODEL_PARTS):
+        shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+    return None
+
+
+def _remove_checkpoints(out: Path) -> None:
+    """Remove the checkpoints in one rename (a crash never leaves half of them), then delete them."""
+    if (out / CHECKPOINT_DIR).exists():
+        os.replace(out / CHECKPOINT_DIR, out / REMOVED_CHECKPOINTS)
+    shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
 
 
 def _phase_done(checkpoints: Path, phase: str, identity: dict, folder: Path) -> dict | None:
@@ -265,6 +313,7 @@ def _record(out, name, command, data: TrainingImages, train_idx, val_idx, plan: 
         "plan": {**dataclasses.asdict(plan), "latent_shape": list(plan.latent_shape)},
         "seed": seed,
         "kl_weight": ae_phase.KL_WEIGHT,
+        "loss": ae_phase.LOSS_NAME,
         "autoencoder": {**dataclasses.asdict(ae_result), "metrics": ae_metrics,
                         "parameters": sum(p.numel() for p in vae.parameters()),
                         "scaling_factor": vae.config.scaling_factor, "shift_factor": vae.config.shift_factor},

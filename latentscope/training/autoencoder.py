@@ -37,7 +37,8 @@ def build_autoencoder(plan: Plan):
         scaling_factor=1.0,
     )
     start_with_small_variance(vae, plan.latent_channels)
-    return vae
+    # channels-last convolutions run about 1.3x faster on CPU at these widths (oneDNN); weights save as usual
+    return vae.to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -54,8 +55,8 @@ def start_with_small_variance(vae, channels: int, logvar: float = INITIAL_LOGVAR
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x H x W -> float in [-1, 1]."""
-    return pixels.float().div_(127.5).sub_(1.0)
+    """uint8 N x 3 x H x W -> float in [-1, 1], channels-last like the model built by :func:`build_autoencoder`."""
+    return pixels.float().div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -63,9 +64,16 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+LOSS_NAME = "MSE"
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 (sharp edges, robust early on) plus MSE (what PSNR measures)."""
-    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+    """Mean squared error (what PSNR measures).
+
+    Measured on held-out colour icons at 32 px, (16, 32, 64) widths, batch 8, 800 steps: MSE alone
+    reached 19.2 dB where L1 + MSE reached 18.1 dB half-way, 20.3 vs 20.1 dB at the end (benchmarks/RESULTS.md).
+    """
+    return F.mse_loss(reconstruction, target)
 
 
 def make_step(vae, pixels: torch.Tensor, kl_weight: float = KL_WEIGHT, device: torch.device | str = "cpu"):

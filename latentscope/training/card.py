@@ -42,7 +42,7 @@ def render_card(record: dict) -> str:
         f"| image size | {data['size'][0]} x {data['size'][1]} |",
         f"| latent shape | {' x '.join(str(v) for v in plan['latent_shape'])} (downscale {plan['downscale']}) |",
         f"| autoencoder widths | {', '.join(str(w) for w in plan['widths'])} |",
-        f"| autoencoder training | {ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, L1 + MSE + {record['kl_weight']:g} KL |",
+        f"| autoencoder training | {ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, {record.get('loss', 'L1 + MSE')} + {record['kl_weight']:g} KL |",
     ]
     if dn:
         lines += [

@@ -79,18 +79,21 @@ def _load_files(source, size, resize, background, progress) -> TrainingImages:
     if not found:
         raise InputError(f"{label}: no image files found")
     size = size or choose_size(_probe_sides(found))
-    pixels, names, skipped = [], [], 0
+    pixels, names, skipped, first_error = [], [], 0, ""
     for item in tqdm(found, desc="load images", unit="img", disable=not progress, dynamic_ncols=True):
         try:
             prepared = prepare_image(read_file(item.path), size, resize, background, thumb_size=None)
         except ImageError as exc:
             log.warning("%s: skipped (%s)", item.relpath, exc)
             skipped += 1
+            first_error = first_error or f"{item.relpath}: {exc}"
             continue
         pixels.append(prepared.pixels)
         names.append(item.relpath)
     if skipped:
         log.warning("%s: %d of %d files could not be used", label, skipped, len(found))
+    if not pixels:
+        raise InputError(f"{label}: no usable images ({skipped} files could not be read, e.g. {first_error})")
     stacked = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.uint8)
     return TrainingImages(stacked, names, str(Path(root)), skipped)
 

@@ -326,8 +326,9 @@ class Walker:
             return
         recorded = self.scope.model
         if recorded.get("fingerprint") and self._codec.fingerprint and recorded["fingerprint"] != self._codec.fingerprint:
-            log.warning("model %s differs from the one the scope was encoded with (%s); its latents may decode poorly",
-                        self._codec.reference, recorded.get("reference"))
+            from ..codec import other_model_error
+
+            raise other_model_error(self._codec.reference, self.scope)
         shape = recorded.get("latent_shape")
         size = recorded.get("image_size")
         if shape and size and list(self._codec.latent_shape(tuple(size))) != list(shape):

@@ -29,6 +29,8 @@ LAYOUTS = ("sheet", "strip")
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
 GIF_MAX_FPS = 50.0
 SIDECAR_SUFFIX = ".json"
+MAX_FPS = 240.0
+MAX_EXPORT_BYTES = 2 << 30  # all exported frames at their output size, as 8-bit RGB
 
 
 def export_format(path: str | Path) -> str:
@@ -36,6 +38,17 @@ def export_format(path: str | Path) -> str:
     if suffix not in FORMATS:
         raise InputError(f"--out {path}: unknown output type {suffix or '(none)'}; use .gif, .mp4 or .png")
     return FORMATS[suffix]
+
+
+def check_output(path: str | Path) -> str:
+    """The export format of ``path``, after checking that it can be written: a known suffix, an existing folder."""
+    kind = export_format(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"--out {path}: is a folder; give a file name ending in .gif, .mp4 or .png")
+    if not path.parent.is_dir():
+        raise InputError(f"--out {path}: folder {path.parent} does not exist")
+    return kind
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -134,13 +147,17 @@ def export_frames(pixels: np.ndarray, out: str | Path, *, fps: float = 12.0, siz
                   gap: int = 2) -> dict:
     """Write frames (uint8 F x H x W x 3) to ``out`` by its suffix; returns the export settings as recorded."""
     out = Path(out).expanduser()
-    kind = export_format(out)
-    if not np.isfinite(fps) or fps <= 0:
-        raise InputError(f"--fps {fps}: must be a positive number")
+    kind = check_output(out)
+    if not np.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise InputError(f"--fps {fps}: must be above 0 and at most {MAX_FPS}")
     if layout not in LAYOUTS:
         raise InputError(f"--layout {layout}: choose {' or '.join(LAYOUTS)}")
     if len(pixels) == 0:
         raise InputError("no frames to export")
+    h, w = output_size(pixels.shape[1:3], size)
+    if len(pixels) * h * w * 3 > MAX_EXPORT_BYTES:
+        raise InputError(f"--size {size}: {len(pixels)} frames of {h}x{w} would take {len(pixels) * h * w * 3 / 2**30:.1f} GiB; "
+                         f"at most {MAX_EXPORT_BYTES / 2**30:.0f} GiB: use a smaller --size or fewer --steps")
     frames = resize_frames(pixels, size, resample)
     record = {"path": str(out.resolve()), "format": kind, "size": list(frames.shape[1:3]), "resample": resample}
     if kind == "png":
