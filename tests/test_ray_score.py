@@ -16,15 +16,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    context = ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield context.address_info["address"]
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def small_scope(tmp_path_factory):
     """24 unseen digits, the first 3 with a blob, and one image file that went missing after encoding."""
     import latentscope
