@@ -121,6 +121,7 @@ class ScoreSummary:
     skipped: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
     top: pd.DataFrame | None = None
+    engine: str = "local"
 
     @property
     def images_per_second(self) -> float:
@@ -210,16 +211,26 @@ def _failed_arrays(failed: list[tuple[int, str]]) -> dict[str, np.ndarray]:
 
 
 class _Pass:
-    """One checkpointed sweep over image ids, calling ``work(batch)`` -> dict of arrays per batch."""
+    """One checkpointed sweep over image ids, calling ``work(batch)`` -> dict of arrays per batch.
 
-    def __init__(self, folder: Path, images: ScopeImages, batch_size: int, workers, checkpoint_seconds: float):
+    With an ``engine`` (the Ray engine) the batches are read and worked on elsewhere: ``remote`` tells it
+    which work (``{"kind": "measure" | "score", "calibration": arrays or None}``); checkpoints stay here.
+    """
+
+    def __init__(self, folder: Path, images: ScopeImages, batch_size: int, workers, checkpoint_seconds: float, engine=None):
         self.folder = folder
         self.images = images
         self.batch_size = batch_size
         self.workers = workers
         self.checkpoint_seconds = checkpoint_seconds
+        self.engine = engine
 
-    def run(self, ids: np.ndarray, work, desc: str, progress: bool, summary: ScoreSummary) -> dict[str, np.ndarray] | None:
+    def _local(self, todo: list[int], work):
+        for batch, bad in self.images.batches(todo, self.batch_size, self.workers):
+            yield (work(batch) if batch is not None else None), bad, (len(batch) if batch is not None else 0) + len(bad)
+
+    def run(self, ids: np.ndarray, work, desc: str, progress: bool, summary: ScoreSummary,
+            remote: dict | None = None) -> dict[str, np.ndarray] | None:
         done = load_shards(self.folder / "done")
         failed = load_shards(self.folder / "failed")
         finished = set() if done is None else set(done["ids"].tolist())
@@ -230,17 +241,20 @@ class _Pass:
         summary.resumed += len(ids) - len(todo)
         writer = ShardWriter(self.folder / "done", self.checkpoint_seconds)
         failures = ShardWriter(self.folder / "failed", 0.0)
-        loader = self.images.batches(todo, self.batch_size, self.workers)
+        if self.engine is not None and remote is not None:
+            batches = self.engine.batches(self.images.scope.path, todo, self.batch_size, remote)
+        else:
+            batches = self._local(todo, work)
         try:
             with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=desc, disable=not progress,
                       dynamic_ncols=True) as bar:
-                for batch, bad in loader:
-                    if batch is not None:
-                        writer.add(work(batch))
+                for arrays, bad, count in batches:
+                    if arrays is not None:
+                        writer.add(arrays)
                     if bad:
                         failures.add(_failed_arrays(bad))
                         summary.skipped.update(bad)
-                    bar.update((len(batch) if batch is not None else 0) + len(bad))
+                    bar.update(count)
         finally:  # interrupted or not, every finished batch is kept for the next run
             writer.flush()
             failures.flush()
@@ -307,6 +321,9 @@ def score(
     dtype: str = "auto",
     progress: bool = True,
     checkpoint_seconds: float = 30.0,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
     **options,
 ) -> ScoreSummary:
     """Score every encoded image of ``scope`` and store ``scores/<name>.parquet`` (and heatmaps).
@@ -315,7 +332,9 @@ def score(
     ``floor``, ``top_k``, ``terms``) or a baseline (``roundtrip``, ``knn-latent``, ``iforest-latent``,
     ``pca-pixel``, ``knn-pixel``). ``reference``: a scope of known-normal images encoded with the same model
     to calibrate / fit against; by default a sample of ``reference_size`` images of the scope itself
-    (robust statistics keep a minority of anomalies from mattering).
+    (robust statistics keep a minority of anomalies from mattering). ``engine="ray"`` reads the images in
+    Ray tasks and runs the model passes (diffusion, roundtrip) in a pool of Ray actors on the cluster at
+    ``ray_address`` (see :mod:`latentscope.engines.ray_score`); the scores are the same as the local engine's.
     """
     started = time.perf_counter()
     scope = scope if isinstance(scope, Scope) else Scope(scope)
@@ -325,8 +344,19 @@ def score(
     images = ScopeImages(scope)
     if not len(images.ids):
         raise ScopeError(f"{scope.path}: no encoded images to score; run 'latentscope encode' first")
-    codec, denoiser = resolve_models(scope, model, method == "diffusion", device, dtype)
-    scorer = build_method(method, codec, denoiser, {**options, "batch_size": batch_size} if method == "diffusion" else options)
+    remote = None
+    if engine == "ray":
+        from ..engines.ray_score import RayScoreRun, check_method  # one-line InputError when Ray is missing
+
+        check_method(method)
+    elif engine != "local":
+        raise InputError(f"engine {engine!r}: choose local or ray")
+    # with Ray the driver only calibrates (no model passes): its copy of the models stays on the CPU
+    codec, denoiser = resolve_models(scope, model, method == "diffusion", "cpu" if engine == "ray" else device, dtype)
+    method_options = {**options, "batch_size": batch_size} if method == "diffusion" else options
+    scorer = build_method(method, codec, denoiser, method_options)
+    if engine == "ray":
+        remote = RayScoreRun(codec, method, method_options, device=device, dtype=dtype, address=ray_address, actors=ray_actors)
     ref_scope = Scope(reference) if isinstance(reference, (str, Path)) else reference
     if ref_scope is not None and ref_scope.model.get("fingerprint") != scope.model.get("fingerprint"):
         raise ScopeError(f"--reference {ref_scope.path}: encoded with another model than {scope.path}")
@@ -344,8 +374,9 @@ def score(
     self_reference = ref_scope is None
     reference_results = None
     if method == "diffusion":
-        sweep = _Pass(folder / "reference", ref_images, batch_size, workers, checkpoint_seconds)
-        measured = sweep.run(ref_ids, lambda b: _errors_arrays(b.ids, scorer.measure(b)), "calibrate", progress, summary)
+        sweep = _Pass(folder / "reference", ref_images, batch_size, workers, checkpoint_seconds, remote)
+        measured = sweep.run(ref_ids, lambda b: _errors_arrays(b.ids, scorer.measure(b)), "calibrate", progress, summary,
+                             remote={"kind": "measure", "calibration": None})
         if measured is None or len(measured["ids"]) < 2:
             raise ScopeError(f"{ref_images.scope.path}: fewer than 2 reference images could be read")
         errors = LevelErrors(measured["maps"], measured["latent"])
@@ -364,11 +395,14 @@ def score(
     if reference_results is not None:
         todo = np.setdiff1d(images.ids, reference_results["ids"])
     if method == "diffusion" or scorer.has_maps or method in ("pca-pixel", "knn-pixel"):
-        sweep = _Pass(folder / "score", images, batch_size, workers, checkpoint_seconds)
-        results = sweep.run(todo, lambda b: _scores_arrays(b.ids, scorer.score(b)), "score", progress, summary)
+        sweep = _Pass(folder / "score", images, batch_size, workers, checkpoint_seconds, remote)
+        calibration = scorer.calibration() if hasattr(scorer, "calibration") else None
+        results = sweep.run(todo, lambda b: _scores_arrays(b.ids, scorer.score(b)), "score", progress, summary,
+                            remote={"kind": "score", "calibration": calibration})
     else:  # latent-only baselines need no image loading
         batch = Batch(np.zeros((len(todo), 1, 1, 3), np.uint8), _latents_for(images, todo), todo)
         results = _scores_arrays(todo, scorer.score(batch))
+    summary.engine = remote.description if remote is not None else "local"
     merged = _merge([r for r in (reference_results, results) if r is not None])
     summary.scored = len(merged["ids"])
     summary.seconds = time.perf_counter() - started
@@ -432,7 +466,7 @@ def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict,
         files["calibration"] = calibration_path.name
     scope.write_scores(name, frame, params, files=files, counts={"scored": len(frame), "skipped": len(summary.skipped)},
                        skipped={str(k): v for k, v in list(summary.skipped.items())[:100]},
-                       seconds=round(summary.seconds, 3), images=images_digest)
+                       seconds=round(summary.seconds, 3), images=images_digest, engine=summary.engine)
 
 
 def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_options, fraction, positive_int
+from .common import add_device_options, add_engine_options, fraction, positive_int
 
 
 def register(subparsers) -> None:
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--top", type=int, default=10, help="list this many most anomalous images at the end (default 10)")
     parser.add_argument("--export", metavar="FOLDER", help="write heatmap overlays of the --top images as PNG files here")
     add_device_options(parser)
+    add_engine_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -75,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=args.progress,
         seed=args.seed,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
         **options,
     )
     print("\n".join(summary.lines()))
