@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         help="anomaly scores (and heatmaps) for every image of a scope",
         description="Score every encoded image of SCOPE by diffusion reconstruction error: noise each latent to several "
         "levels t, denoise back with DDIM, decode and compare with the image, calibrated per level and per pixel "
-        "position against normal images (a sample of the scope itself unless --reference is given). Writes "
+        "position against normal images (a sample of the scope itself unless --reference is given), together with how "
+        "typical each latent is among the reference latents (distance to its nearest neighbours); the score is the "
+        "largest tail surprise of these terms. Writes "
         "scores/NAME.parquet and a heatmap per image; an interrupted run resumes when rerun with the same options. "
         "Baselines (--method) write the same files.",
     )
@@ -28,6 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, help="DDIM steps per level (default 5)")
     parser.add_argument("--draws", type=positive_int, help="noise draws averaged per level (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and the reference sample (default 0)")
+    parser.add_argument("--terms", nargs="+", choices=("local", "global", "latent", "density"),
+                        help="image terms combined into the score (default: local density)")
     parser.add_argument("--top-k", type=fraction, help="share of the heatmap averaged into the local term (default 0.01)")
     parser.add_argument("--reference", help="scope of known-normal images (same model) to calibrate against "
                         "(default: a sample of SCOPE itself)")
@@ -44,7 +48,7 @@ def register(subparsers) -> None:
 
 def diffusion_options(args: argparse.Namespace) -> dict:
     """Options the user set (unset ones keep the library's defaults)."""
-    chosen = {"levels": args.levels, "steps": args.steps, "draws": args.draws, "top_k": args.top_k}
+    chosen = {"levels": args.levels, "steps": args.steps, "draws": args.draws, "top_k": args.top_k, "terms": args.terms}
     options = {k: v for k, v in chosen.items() if v is not None}
     if options and args.method != "diffusion":
         raise_option_error(f"--{next(iter(options)).replace('_', '-')} applies to --method diffusion only")
