@@ -12,7 +12,8 @@
    does not depend on them), and bytes per image on disk (latents computed from their shapes; manifest and
    previews measured).
 
-    python benchmarks/bench_scale.py                  # 20,000 images x 2 repeats, 1,000,000 latents; writes RESULTS.md
+    python benchmarks/bench_scale.py                  # 20,000 images x 3 repeats, 1,000,000 latents; writes RESULTS.md
+    python benchmarks/bench_scale.py --skip encode sizing   # measure the projection again, reuse the rest
     python benchmarks/bench_scale.py --quick          # 2,000 images, 1 repeat, 100,000 latents; prints only
 """
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 from results import command_line, machine_line, write_section  # noqa: E402
 
 DATA = HERE / "data"
+SAVED = HERE / "out" / "scale.json"  # the parts of the last run, so that one part can be measured again alone
 MODEL = "builtin:digits"
 BATCH = 64
 THUMB_PHOTO_SIDE = 512
@@ -105,14 +107,47 @@ def child_encode(engine: str, images: str, out: str) -> dict:
             "encoded": summary.encoded, "failed": summary.failed}
 
 
+class StagePeaks:
+    """Peak resident memory of each stage ``project`` announces (sampled twice a second from /proc)."""
+
+    def __init__(self):
+        import logging
+        import threading
+
+        self.marks: list[tuple[float, str]] = [(time.perf_counter(), "start")]
+        self.samples: list[tuple[float, float]] = []
+        self.running = True
+        handler = logging.Handler()
+        handler.emit = lambda record: self.marks.append((time.perf_counter(), record.getMessage().removeprefix("project: ")))
+        logger = logging.getLogger("latentscope.projection.model")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while self.running:
+            with open("/proc/self/status") as handle:
+                rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS"))
+            self.samples.append((time.perf_counter(), rss / 1024))
+            time.sleep(0.5)
+
+    def peaks(self) -> dict[str, float]:
+        self.running = False
+        bounds = self.marks + [(time.perf_counter(), "end")]
+        return {label: max([mb for t, mb in self.samples if start <= t <= end] or [0.0])
+                for (start, label), (end, _) in zip(bounds, bounds[1:])}
+
+
 def child_project(scope: str, threshold: int, sample: int) -> dict:
+    peaks = StagePeaks()
     from latentscope.projection import project
 
     t0 = time.perf_counter()
     summary = project(scope, "scale", seed=0, sample_threshold=threshold, sample_size=sample, progress=False)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "steps": summary.seconds, "quality": summary.quality, "points": summary.points,
-            "sample": summary.sample, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "sample": summary.sample, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_mb": peaks.peaks()}
 
 
 def sizing_models():
@@ -238,14 +273,19 @@ def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load
         f"{projection['sample']:,}, the other {projection['points'] - projection['sample']:,} placed with `transform` "
         "in batches of 32,768 read from the memory-mapped latents.",
         "",
-        "| stage | seconds |",
-        "|---|---:|",
+        "| stage | seconds | peak memory (MB) |",
+        "|---|---:|---:|",
     ]
-    lines += [f"| {label} | {sec:.1f} |" for label, sec in projection["steps"].items() if label != "total"]
+    peaks = projection.get("peak_mb", {})
+    lines += [f"| {label} | {sec:.1f} | {peaks.get(label, float('nan')):,.0f} |"
+              for label, sec in projection["steps"].items() if label != "total"]
     q = projection["quality"] or {}
+    quality_s = sum(sec for label, sec in projection["steps"].items() if label.startswith("measuring quality"))
     lines += [
-        f"| **total (wall)** | **{projection['seconds']:.1f}** |",
+        f"| **total (wall)** | **{projection['seconds']:.1f}** | **{projection['max_rss_mb']:,.0f}** |",
         "",
+        f"The map itself (everything but the optional quality report, `--no-quality`) took "
+        f"**{projection['seconds'] - quality_s:.0f} s**. "
         f"Peak memory (max RSS, including the pages of the 512 MB latent file it read): **{projection['max_rss_mb']:,.0f} MB**. "
         f"Trustworthiness (k={q.get('k')}, on {q.get('trustworthiness_points')} query points ranked against all points): "
         f"{q.get('trustworthiness')}; kNN label agreement on the map {q.get('label_agreement_map')} "
@@ -278,7 +318,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--latents", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("encode", "project", "sizing"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("encode", "project", "sizing"),
+                        help="reuse these parts' results from the last full run (benchmarks/out/scale.json)")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -293,15 +334,21 @@ def main() -> None:
 
     n_images = args.images or (2_000 if args.quick else 20_000)
     n_latents = args.latents or (100_000 if args.quick else 1_000_000)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
+    saved = json.loads(SAVED.read_text()) if SAVED.exists() and args.skip and not args.quick else {}
+    missing = [part for part in args.skip if part not in saved]
+    if missing and not args.quick:
+        raise SystemExit(f"--skip {' '.join(missing)}: no saved results in {SAVED}; run without --skip first")
     work = Path(tempfile.mkdtemp(prefix="latentscope-bench-scale-"))
     loads = [os.getloadavg()[0]]
     try:
         images = make_images(DATA / f"scale-images-{n_images}", n_images)
-        encode_runs = [] if "encode" in args.skip else measure_encode(images, repeats, work)
+        encode_runs, disk = saved.get("encode", ([], {})) if "encode" in args.skip else ([], {})
+        if "encode" not in args.skip:
+            encode_runs = measure_encode(images, repeats, work)
+            disk = disk_per_image(work / "local-0")
         loads.append(os.getloadavg()[0])
-        disk = disk_per_image(work / "local-0") if encode_runs else {}
-        projection = {}
+        projection = saved.get("project", {})
         if "project" not in args.skip:
             scope = make_latent_scope(DATA / f"scale-latents-{n_latents}", n_latents)
             shutil.rmtree(scope / "index", ignore_errors=True)  # measure the whole path, not a cached neighbour index
@@ -309,7 +356,7 @@ def main() -> None:
             print(f"  projection of {n_latents:,}: {projection['seconds']:.1f} s, max RSS {projection['max_rss_mb']:.0f} MB, "
                   f"steps {projection['steps']}", flush=True)
         loads.append(os.getloadavg()[0])
-        sizing = [] if "sizing" in args.skip else run_child("sizing")
+        sizing = saved.get("sizing", []) if "sizing" in args.skip else run_child("sizing")
         loads.append(os.getloadavg()[0])
         for row in sizing:
             print(f"  {row['model']} at {row['side']}: {row['images_per_s_per_core']:.1f} images/s per core", flush=True)
@@ -317,9 +364,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     load_note = (f"Load average during the run (other sessions share the machine): "
                  f"{min(loads):.1f} to {max(loads):.1f} at the checkpoints, on {os.cpu_count()} cores.")
-    if args.quick or args.skip:
+    if args.quick:
         print(load_note)
         return
+    fresh = {"encode": (encode_runs, disk), "project": projection, "sizing": sizing, "load_note": load_note}
+    if args.skip:  # the load note covers the parts measured now; the reused ones keep theirs
+        load_note += " Reused from an earlier run: " + ", ".join(args.skip) + f" ({saved.get('load_note', '')})"
+    SAVED.parent.mkdir(exist_ok=True)
+    SAVED.write_text(json.dumps({**saved, **{k: v for k, v in fresh.items() if k not in args.skip}}))
     markdown = to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load_note)
     write_section("scale", markdown)
     print(markdown)

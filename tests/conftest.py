@@ -157,3 +157,14 @@ def latent_scope(path: Path, latents: np.ndarray, labels=None) -> Path:
     os.replace(path / "latents.npy.next.npy", path / "latents.npy.next")
     scope.commit(manifest, path / "latents.npy.next")
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs shared by one test module (Ray takes seconds to start); yields its address."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    context = ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield context.address_info["address"]
+    ray.shutdown()

@@ -141,6 +141,28 @@ def test_anomaly_threshold_and_table(cb):
     assert cb.table_focus({"row": 0, "column": 0}, rows) == rows[0]["id"]
 
 
+def test_heatmaps_of_the_default_score_are_served_and_shown(explorer_scope, tmp_path, client, cb):
+    import shutil
+
+    from latentscope.anomaly import score
+
+    image_id = int(cb.data.points["id"].iloc[0])
+    assert cb.heatmaps is None and client.get(f"/heatmap/{image_id}.png").status_code == 404  # a score without maps
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    score(scoped, method="roundtrip", progress=False, top=0)  # replaces 'default' with a score that has heatmaps
+    app = create_app(scoped, device="cpu")
+    assert app.latentscope.heatmaps is not None
+    served = app.server.test_client().get(f"/heatmap/{image_id}.png")
+    assert served.status_code == 200 and Image.open(io.BytesIO(served.data)).format == "PNG"
+    assert app.server.test_client().get("/heatmap/99999.png").status_code == 404
+    panel = app.latentscope.callbacks.inspect_panel(image_id)
+    assert f"heatmap/{image_id}.png" in str(panel)
+    rows = app.latentscope.callbacks.table_rows("score:default")
+    stored = app.latentscope.data.scope.read_scores("default")
+    assert rows[0]["score"] == pytest.approx(stored["score"].max()) and rows[0]["id"] == stored.loc[stored["score"].idxmax(), "id"]
+
+
 def test_walk_chips_and_clear(cb):
     ids = cb.data.points["id"].tolist()[:3]
     chips = cb.walk_chips(ids)

@@ -55,8 +55,8 @@ def test_shipped_denoiser_loads_and_samples():
     assert samples.shape == (4, 32, 32, 3) and samples.std() > 10
 
 
-def test_demo_stages_write_images_encode_and_project(tmp_path, capsys):
-    assert [name for name, _ in STAGES][:4] == ["images", "model", "encode", "project"]
+def test_demo_stages_write_images_encode_project_and_score(tmp_path, capsys):
+    assert [name for name, _ in STAGES][:5] == ["images", "model", "encode", "project", "score"]
     assert main(["-q", "demo", "--workdir", str(tmp_path), "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "1797 handwritten digits" in out and "1797 encoded" in out and "demo finished" in out
@@ -66,11 +66,14 @@ def test_demo_stages_write_images_encode_and_project(tmp_path, capsys):
     assert sorted(manifest.label.unique()) == [str(d) for d in range(10)]
     positions = pd.read_parquet(tmp_path / "digits.scope" / "maps" / "default.parquet")
     assert len(positions) == 1797 and np.isfinite(positions[["x", "y"]].to_numpy()).all()
+    scores = pd.read_parquet(tmp_path / "digits.scope" / "scores" / "default.parquet")
+    assert len(scores) == 1797 and np.isfinite(scores["score"]).all() and "most anomalous 5:" in out
     # rerunning reuses the finished work, the map included
     lines = []
     run = run_demo(tmp_path, progress=False, report=lines.append)
     assert any("1797 already in the scope" in line for line in lines) and run.results["scope"] == tmp_path / "digits.scope"
     assert any("up to date with the latents (reused)" in line for line in lines)
+    assert any("'default' is up to date with the images (reused)" in line for line in lines)
 
 
 @pytest.mark.slow

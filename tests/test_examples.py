@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -40,3 +42,17 @@ def test_project_map_example(tmp_path, kl_folder):
     assert "map 'default': 150 points in 2-D" in out and "second map: graph reused: True" in out
     assert "walk across the map:" in out and "trustworthiness (k=10)" in out
     assert (tmp_path / "map_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_ray_encode_example(tmp_path):
+    pytest.importorskip("ray")
+    out = run_example("ray_encode.py", "--out", str(tmp_path / "scope"))
+    assert "found 64 image files: 64 encoded" in out and "ray: 2 model actors (cpu)" in out
+    assert "same manifest as the local engine: True" in out
+
+
+def test_score_anomalies_example(tmp_path):
+    out = run_example("score_anomalies.py", "--out", str(tmp_path))
+    assert "120 images scored with diffusion" in out and "defective images are among the top 6" in out
+    assert "heatmap of the most anomalous image" in out and "| defects: blob, scratch, blur, colour, noise | auroc |" in out

@@ -31,15 +31,6 @@ COLUMNS = ["id", "path", "sha256", "width", "height", "status", "error", "label"
 ACTOR_TITLE = "_EncodeActor"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    context = ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield context.address_info["address"]
-    ray.shutdown()
-
-
 def assert_same_scope(got_path: Path, want_path: Path) -> None:
     got, want = Scope(got_path), Scope(want_path)
     pd.testing.assert_frame_equal(got.manifest()[COLUMNS], want.manifest()[COLUMNS])
@@ -82,13 +73,15 @@ def test_ray_append_reuses_content_and_draws_the_same_samples(tmp_path, kl_folde
 
 
 def _encode_actor_pids() -> list[int]:
-    import psutil
-
+    """Processes whose title Ray set to the model actor's (Linux /proc)."""
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::") and ACTOR_TITLE in cmdline:
-            pids.append(proc.info["pid"])
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and cmdline.startswith("ray::") and ACTOR_TITLE in cmdline:
+            pids.append(int(entry.name))
     return pids
 
 

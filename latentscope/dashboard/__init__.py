@@ -57,13 +57,24 @@ def create_app(
         serve_locally=True,
     )
     jobs = JobManager()
-    callbacks = Callbacks(data, jobs)
+    heatmaps = _heatmaps(data)
+    callbacks = Callbacks(data, jobs, heatmaps=heatmaps)
     app.layout = build_layout(data)
     register(app, callbacks)
-    register_routes(app.server, data, jobs, prefix=prefix, extra_images=None)
+    register_routes(app.server, data, jobs, prefix=prefix, extra_images=heatmaps)
     install_security(app.server, token)
-    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks)
+    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks, heatmaps=heatmaps)
     return app
+
+
+def _heatmaps(data):
+    """``image id -> PNG bytes`` of the default score's heatmap overlays, or None when it has none."""
+    column = data.default_score_column
+    if column is None:
+        return None
+    from ..anomaly.heatmaps import heatmap_renderer
+
+    return heatmap_renderer(data.scope, column[len("score:"):], model=data.model_reference, device=data.device)
 
 
 def _one_thread_per_request_on_cpu() -> None:

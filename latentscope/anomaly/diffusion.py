@@ -1,0 +1,266 @@
+"""The diffusion reconstruction score: several noise levels, several draws, calibrated against normal images.
+
+Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and a density term):
+
+1. :class:`~latentscope.anomaly.reconstruct.Reconstructor` reconstructs each
+   image at every level ``t`` (level 0 is the autoencoder round trip), averaging
+   the pixel squared-error maps and latent errors over ``draws`` noise draws.
+2. Each level's error map is smoothed and turned into a *z-map* against the
+   reference images (the scope's own images unless another reference is given):
+   ``(e(p) - median(p)) / scale(p)`` per position ``p``, with robust statistics
+   (median, 1.4826 x MAD) so a minority of anomalies in the reference does not
+   move them, and a scale floor (a share of the level's root-mean-square scale)
+   so positions where normal images never err do not explode. The heatmap is the
+   mean z-map over levels.
+3. Image terms, each a robust z-score against the reference (median / MAD):
+   ``local`` = mean of the top ``top_k`` share of the heatmap (small defects),
+   ``global`` = mean over levels of the z-scored mean pixel error,
+   ``latent`` = mean over levels of the z-scored latent error,
+   ``density`` = mean distance to the ``k`` nearest reference latents (an image
+   never counts as its own neighbour): how typical the image is for the scope,
+   which reconstruction cannot tell when the autoencoder reconstructs an unseen
+   kind of image as well as the usual ones.
+4. Terms live on different scales and have different tails, so each is turned
+   into a *surprise* ``-log P(term >= value)`` under the reference's own
+   distribution of that term: the empirical distribution below its 90th
+   percentile, an exponential tail above it fitted to the reference values
+   beyond that percentile by their median excess (so values beyond every
+   reference image still rank, and a few anomalies among the reference images
+   do not stretch the tail). The score is the largest surprise over the
+   chosen terms (a min-p combination: an image far out on any term ranks high,
+   and a term with heavy-tailed normal values cannot drown the others).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .base import Batch, Method, Scores
+from .maps import smooth, top_k_mean
+from .reconstruct import LevelErrors, Reconstructor
+
+DEFAULT_LEVELS = (0.0, 0.1, 0.25)
+DEFAULT_STEPS = 5
+DEFAULT_DRAWS = 4
+TERMS = ("local", "global", "latent", "density")
+DEFAULT_TERMS = ("local", "density")
+MAD_TO_SIGMA = 1.4826
+TAIL_QUANTILE = 0.9
+MAX_DENSITY_REFERENCE = 20_000
+
+
+def robust_location_scale(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD-based standard deviation along ``axis``."""
+    median = np.median(values, axis=axis)
+    scale = MAD_TO_SIGMA * np.median(np.abs(values - np.expand_dims(median, axis)), axis=axis)
+    return median, scale
+
+
+def standardise(values: np.ndarray, location, scale, eps: float = 1e-12) -> np.ndarray:
+    return (values - location) / np.maximum(scale, eps)
+
+
+def level_label(t: float) -> str:
+    return f"t{t:.2f}"
+
+
+def tail_surprise(values: np.ndarray, reference: np.ndarray, quantile: float = TAIL_QUANTILE) -> np.ndarray:
+    """``-log P(X >= value)`` for X distributed like ``reference``: empirical up to its ``quantile``, an
+    exponential tail above it. The tail's scale is fitted to the reference values beyond that quantile by
+    their median excess (``median(x - q) / ln 2``, the maximum of robustness for an exponential), so
+    anomalies among the reference images (fewer than half of the values in the tail) do not stretch it."""
+    reference = np.sort(np.asarray(reference, dtype=np.float64))
+    values = np.asarray(values, dtype=np.float64)
+    threshold = float(np.quantile(reference, quantile))
+    excess = reference[reference > threshold] - threshold
+    scale = max(float(np.median(excess)) / np.log(2.0) if len(excess) else 0.0, 1e-12)
+    below = 1.0 - np.searchsorted(reference, values, side="left") / (len(reference) + 1.0)
+    tail = -np.log(1.0 - quantile) + np.maximum(values - threshold, 0.0) / scale  # in log space: no underflow
+    return np.where(values > threshold, tail, -np.log(np.maximum(below, 1.0 - quantile)))
+
+
+def knn_distance(queries: np.ndarray, query_ids: np.ndarray, reference: torch.Tensor, reference_ids: torch.Tensor,
+                 k: int) -> np.ndarray:
+    """Mean Euclidean distance of each flattened query to its ``k`` nearest reference rows, skipping its own id."""
+    queries = torch.as_tensor(np.ascontiguousarray(queries.reshape(len(queries), -1), dtype=np.float32))
+    ids = torch.as_tensor(np.array(query_ids, dtype=np.int64))
+    k = min(k, len(reference) - 1) if len(reference) > 1 else 1
+    out = []
+    for start in range(0, len(queries), 256):
+        distances = torch.cdist(queries[start:start + 256], reference)
+        distances[ids[start:start + 256, None] == reference_ids[None, :]] = float("inf")
+        out.append(distances.topk(k, dim=1, largest=False).values.mean(dim=1))
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+class DiffusionScore(Method):
+    """Multi-level diffusion reconstruction score with per-position calibrated heatmaps and a latent density term.
+
+    Parameters
+    ----------
+    codec, denoiser : the scope's autoencoder and a denoiser over its scaled latents.
+    levels : noise levels ``t`` in [0, 1]; 0 is the round trip.
+    steps : DDIM steps per level.  draws : noise draws averaged per level.  seed : noise seed.
+    smoothing : Gaussian sigma of the maps, as a fraction of the map's shorter side.
+    floor : scale floor, as a share of the level's root-mean-square per-position scale.
+    top_k : share of the heatmap's highest values averaged into the ``local`` term.
+    terms : image terms combined into the score (any of ``local``, ``global``, ``latent``, ``density``).
+    k : neighbours of the ``density`` term.
+    """
+
+    name = "diffusion"
+    has_maps = True
+
+    def __init__(self, codec, denoiser, levels=DEFAULT_LEVELS, steps: int = DEFAULT_STEPS, draws: int = DEFAULT_DRAWS,
+                 seed: int = 0, smoothing: float = 1 / 32, floor: float = 0.5, top_k: float = 0.01, terms=DEFAULT_TERMS,
+                 k: int = 5, batch_size: int = 32):
+        self.reconstructor = Reconstructor(codec, denoiser, levels, steps, draws, seed)
+        self.levels = list(self.reconstructor.levels)
+        self.steps, self.draws, self.seed = self.reconstructor.steps, self.reconstructor.draws, self.reconstructor.seed
+        self.smoothing = float(smoothing)
+        self.floor = float(floor)
+        self.top_k = float(top_k)
+        terms = [terms] if isinstance(terms, str) else list(terms)
+        unknown = [t for t in terms if t not in TERMS]
+        if unknown or not terms:
+            raise InputError(f"terms {unknown or 'none'}: choose from {', '.join(TERMS)}")
+        self.terms = [t for t in TERMS if t in terms]
+        if int(k) < 1:
+            raise InputError(f"k={k}: must be at least 1")
+        self.k = int(k)
+        self.batch_size = int(batch_size)
+        self._density = None
+
+    # ------------------------------------------------------------------ measuring (the costly part)
+
+    def measure(self, batch: Batch) -> LevelErrors:
+        parts = []
+        for start in range(0, len(batch), self.batch_size):
+            part = batch.take(slice(start, start + self.batch_size))
+            parts.append(self.reconstructor.measure(part.latents, part.images_tensor(), part.ids))
+        return LevelErrors.concat(parts) if parts else LevelErrors(np.zeros((0, len(self.levels), 1, 1)), np.zeros((0, len(self.levels))))
+
+    def _smoothed(self, maps: np.ndarray) -> np.ndarray:
+        n, levels, h, w = maps.shape
+        sigma = self.smoothing * min(h, w)
+        flat = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).reshape(n * levels, h, w)
+        return smooth(flat, sigma).reshape(n, levels, h, w).numpy()
+
+    # ------------------------------------------------------------------ calibration
+
+    def set_density_reference(self, latents: np.ndarray, ids: np.ndarray) -> "DiffusionScore":
+        """Latents the ``density`` term measures distances to (default: the calibration images'); at most
+        :data:`MAX_DENSITY_REFERENCE`, a seeded sample of larger sets."""
+        latents, ids = np.asarray(latents), np.asarray(ids, dtype=np.int64)
+        if len(latents) > MAX_DENSITY_REFERENCE:
+            keep = np.sort(np.random.default_rng([self.seed, 13]).choice(len(latents), MAX_DENSITY_REFERENCE, replace=False))
+            latents, ids = latents[keep], ids[keep]
+        self._density = (torch.as_tensor(np.ascontiguousarray(latents.reshape(len(latents), -1), dtype=np.float32)),
+                         torch.as_tensor(ids))
+        return self
+
+    def fit(self, reference: Batch) -> "DiffusionScore":
+        return self.fit_errors(self.measure(reference), reference.latents, reference.ids)
+
+    def fit_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> "DiffusionScore":
+        """Per-level, per-position statistics and each term's reference distribution from the reference's errors
+        (and latents, for the ``density`` term)."""
+        if len(errors.maps) < 2:
+            raise InputError(f"diffusion score: calibration needs at least 2 reference images, got {len(errors.maps)}")
+        if "density" in self.terms:
+            if latents is None:
+                raise InputError("diffusion score: the density term needs the reference images' latents")
+            ids = np.arange(len(latents)) if ids is None else np.asarray(ids, dtype=np.int64)
+            if self._density is None:
+                self.set_density_reference(latents, ids)
+        maps = self._smoothed(errors.maps)
+        location, scale = robust_location_scale(maps)  # L x h x w each
+        sigma = self.smoothing * min(scale.shape[-2:])
+        scale = smooth(torch.from_numpy(scale.astype(np.float32)), sigma).numpy()
+        floor = self.floor * np.sqrt(np.mean(scale.reshape(len(scale), -1) ** 2, axis=1))
+        self.map_location_ = location.astype(np.float32)
+        self.map_scale_ = np.maximum(np.sqrt(scale**2 + floor[:, None, None] ** 2), 1e-12).astype(np.float32)
+        self.term_location_, self.term_scale_ = {}, {}
+        raw = self._raw_terms(errors, maps, latents, ids)
+        for name, values in raw.items():
+            self.term_location_[name], self.term_scale_[name] = robust_location_scale(np.asarray(values, np.float64))
+        self.term_reference_ = {name: np.sort(values) for name, values in self._terms(raw).items()}
+        return self
+
+    def calibration(self) -> dict[str, np.ndarray]:
+        """The fitted state as plain arrays (stored beside the scores; no pickles)."""
+        out = {"map_location": self.map_location_, "map_scale": self.map_scale_}
+        for name in self.term_location_:
+            out[f"term_location/{name}"] = np.asarray(self.term_location_[name], dtype=np.float64)
+            out[f"term_scale/{name}"] = np.asarray(self.term_scale_[name], dtype=np.float64)
+        for name, values in self.term_reference_.items():
+            out[f"term_reference/{name}"] = values
+        if self._density is not None:
+            out["density_latents"] = self._density[0].numpy()
+            out["density_ids"] = self._density[1].numpy()
+        return out
+
+    def load_calibration(self, arrays: dict[str, np.ndarray]) -> "DiffusionScore":
+        self.map_location_ = np.asarray(arrays["map_location"], dtype=np.float32)
+        self.map_scale_ = np.asarray(arrays["map_scale"], dtype=np.float32)
+        if self.map_location_.shape[0] != len(self.levels):
+            raise InputError(f"stored calibration has {self.map_location_.shape[0]} levels, the scorer {len(self.levels)}")
+        pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+        self.term_location_, self.term_scale_ = pick("term_location/"), pick("term_scale/")
+        self.term_reference_ = pick("term_reference/")
+        if "density_latents" in arrays:
+            self._density = (torch.as_tensor(np.asarray(arrays["density_latents"], np.float32)),
+                             torch.as_tensor(np.asarray(arrays["density_ids"], np.int64)))
+        return self
+
+    # ------------------------------------------------------------------ scoring
+
+    def _zmaps(self, maps: np.ndarray) -> np.ndarray:
+        return (maps - self.map_location_[None]) / self.map_scale_[None]
+
+    def _raw_terms(self, errors: LevelErrors, smoothed: np.ndarray, latents=None, ids=None) -> dict[str, np.ndarray]:
+        """Raw (unstandardised) values of every term part, per image."""
+        raw = {f"global/{level_label(t)}": errors.maps[:, i].mean(axis=(1, 2)).astype(np.float64) for i, t in enumerate(self.levels)}
+        raw.update({f"latent/{level_label(t)}": errors.latent[:, i].astype(np.float64) for i, t in enumerate(self.levels) if t > 0})
+        heat = self._zmaps(smoothed).mean(axis=1)
+        raw["local"] = top_k_mean(torch.from_numpy(np.ascontiguousarray(heat)), self.top_k).numpy().astype(np.float64)
+        if "density" in self.terms and latents is not None:
+            ids = np.arange(len(latents)) if ids is None else ids
+            raw["density"] = knn_distance(np.asarray(latents), ids, *self._density, self.k)
+        return raw
+
+    def _terms(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each term as a robust z-score (levels of ``global`` and ``latent`` averaged after z-scoring)."""
+        z = {name: standardise(values, self.term_location_[name], self.term_scale_[name]) for name, values in raw.items()}
+        terms = {name: z[name] for name in ("local", "density") if name in z}
+        for kind in ("global", "latent"):
+            names = [k for k in z if k.startswith(kind + "/")]
+            if names:
+                terms[kind] = np.mean([z[k] for k in names], axis=0)
+        terms.update({k: v for k, v in z.items() if "/" in k})
+        return terms
+
+    def heatmaps(self, errors: LevelErrors) -> np.ndarray:
+        """N x h x w mean z-map over levels."""
+        return self._zmaps(self._smoothed(errors.maps)).mean(axis=1)
+
+    def score_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> Scores:
+        if "density" in self.terms and latents is None:
+            raise InputError("diffusion score: the density term needs the scored images' latents")
+        smoothed = self._smoothed(errors.maps)
+        heat = self._zmaps(smoothed).mean(axis=1)
+        terms = self._terms(self._raw_terms(errors, smoothed, latents, ids))
+        surprise = {name: tail_surprise(terms[name], self.term_reference_[name]) for name in self.terms if name in terms}
+        if len(surprise) != len(self.terms):
+            raise InputError(f"diffusion score: terms {self.terms} but the latent error needs a level above 0")
+        score = np.max(np.stack(list(surprise.values())), axis=0)
+        parts = {name: terms[name] for name in TERMS if name in terms}
+        for i, t in enumerate(self.levels):  # per-level parts: each level's own z-scored errors, averaged
+            own = [terms[f"global/{level_label(t)}"]] + ([terms[f"latent/{level_label(t)}"]] if t > 0 else [])
+            parts[level_label(t)] = np.mean(own, axis=0)
+        return Scores(score.astype(np.float64), heat.astype(np.float32), {k: np.asarray(v, np.float64) for k, v in parts.items()})
+
+    def score(self, batch: Batch) -> Scores:
+        return self.score_errors(self.measure(batch), batch.latents, batch.ids)

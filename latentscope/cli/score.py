@@ -1,0 +1,93 @@
+"""``latentscope score SCOPE [--model M]``"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_device_options, add_engine_options, fraction, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="anomaly scores (and heatmaps) for every image of a scope",
+        description="Score every encoded image of SCOPE by diffusion reconstruction error: noise each latent to several "
+        "levels t, denoise back with DDIM, decode and compare with the image, calibrated per level and per pixel "
+        "position against normal images (a sample of the scope itself unless --reference is given), together with how "
+        "typical each latent is among the reference latents (distance to its nearest neighbours); the score is the "
+        "largest tail surprise of these terms. Writes "
+        "scores/NAME.parquet and a heatmap per image; an interrupted run resumes when rerun with the same options. "
+        "Baselines (--method) write the same files.",
+    )
+    parser.add_argument("scope", help="scope folder (from 'latentscope encode')")
+    parser.add_argument("--model", help="model with a denoiser over the scope's autoencoder (default: the scope's model)")
+    parser.add_argument("--name", default="default", help="name of the stored scores (default: default)")
+    parser.add_argument("--method", default="diffusion",
+                        choices=("diffusion", "roundtrip", "knn-latent", "iforest-latent", "pca-pixel", "knn-pixel"),
+                        help="diffusion reconstruction (default) or a baseline")
+    parser.add_argument("--levels", type=fraction, nargs="+", help="noise levels t in [0, 1]; 0 = autoencoder round trip "
+                        "(default: 0 0.1 0.25)")
+    parser.add_argument("--steps", type=positive_int, help="DDIM steps per level (default 5)")
+    parser.add_argument("--draws", type=positive_int, help="noise draws averaged per level (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the noise and the reference sample (default 0)")
+    parser.add_argument("--terms", nargs="+", choices=("local", "global", "latent", "density"),
+                        help="image terms combined into the score (default: local density)")
+    parser.add_argument("--top-k", type=fraction, help="share of the heatmap averaged into the local term (default 0.01)")
+    parser.add_argument("--reference", help="scope of known-normal images (same model) to calibrate against "
+                        "(default: a sample of SCOPE itself)")
+    parser.add_argument("--reference-size", type=positive_int, default=512, help="reference images used (default 512)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--workers", type=positive_int, help="image-loading threads (default: up to 4)")
+    parser.add_argument("--no-maps", action="store_true", help="do not store heatmaps (they are recomputed on demand)")
+    parser.add_argument("--top", type=int, default=10, help="list this many most anomalous images at the end (default 10)")
+    parser.add_argument("--export", metavar="FOLDER", help="write heatmap overlays of the --top images as PNG files here")
+    add_device_options(parser)
+    add_engine_options(parser)
+    parser.set_defaults(func=run)
+
+
+def diffusion_options(args: argparse.Namespace) -> dict:
+    """Options the user set (unset ones keep the library's defaults)."""
+    chosen = {"levels": args.levels, "steps": args.steps, "draws": args.draws, "top_k": args.top_k, "terms": args.terms}
+    options = {k: v for k, v in chosen.items() if v is not None}
+    if options and args.method != "diffusion":
+        raise_option_error(f"--{next(iter(options)).replace('_', '-')} applies to --method diffusion only")
+    return options
+
+
+def raise_option_error(message: str):
+    from ..errors import InputError
+
+    raise InputError(message)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..anomaly import export_heatmaps, score
+
+    options = diffusion_options(args)
+    summary = score(
+        args.scope,
+        args.model,
+        name=args.name,
+        method=args.method,
+        reference=args.reference,
+        reference_size=args.reference_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        maps=not args.no_maps,
+        top=max(0, args.top),
+        device=args.device,
+        dtype=args.dtype,
+        progress=args.progress,
+        seed=args.seed,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
+        **options,
+    )
+    print("\n".join(summary.lines()))
+    if args.export and summary.top is not None:
+        written = export_heatmaps(args.scope, args.export, name=args.name, ids=summary.top["id"].tolist(),
+                                  model=args.model, device=args.device)
+        print(f"heatmaps of the top {len(written)} written to {args.export}")
+    return 0
