@@ -27,7 +27,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -348,21 +348,33 @@ class Scope:
     def _table_path(self, kind: str, name: str) -> Path:
         return self.path / kind / f"{check_name(name, kind[:-1])}.parquet"
 
-    def write_table(self, kind: str, name: str, frame: pd.DataFrame, params: dict, **extra: Any) -> Path:
+    def write_table(self, kind: str, name: str, frame: pd.DataFrame, params: dict, *,
+                    side: dict[str, Callable[[Path], None]] | None = None, drop: Iterable[str] = (), **extra: Any) -> Path:
         """Store ``kind/name.parquet`` and its ``scope.json`` entry together (a crash leaves both old or both new).
 
-        The table is written as ``name.parquet.next``, then a commit marker holding
-        the new entry; rolling forward renames the table into place, records the
+        ``side`` maps names of files that belong with the table (in the same folder:
+        heatmaps, calibration) to a function writing one to the path it is given;
+        ``drop`` names files of the old version to remove. The table and side files
+        are written as ``*.next``, then a commit marker holding the new entry; rolling
+        forward renames them into place, removes the dropped files, records the
         entry and removes the marker, and :meth:`recover` repeats that after a crash.
         """
         path = self._table_path(kind, name)
-        staged = path.with_name(path.name + NEXT_SUFFIX)
+        side = dict(side or {})
         with self.locked():
-            write_parquet(staged, frame)
+            for file_name, write in side.items():
+                write(self._side_path(kind, file_name, NEXT_SUFFIX))
+            write_parquet(path.with_name(path.name + NEXT_SUFFIX), frame)
             marker = self.path / ".partial" / f"commit-{kind}-{name}.json"
-            write_json(marker, {"kind": kind, "name": name, "entry": stage_entry(params, **extra)})
+            write_json(marker, {"kind": kind, "name": name, "entry": stage_entry(params, **extra), "side": list(side),
+                                "drop": [d for d in drop if d not in side]})
             self._roll_forward_table(marker)
         return path
+
+    def _side_path(self, kind: str, file_name: str, suffix: str = "") -> Path:
+        if not isinstance(file_name, str) or "/" in file_name or "\\" in file_name or file_name in ("", ".", ".."):
+            raise ValueError(f"side file name {file_name!r} is not a plain file name")
+        return self.inside(kind, file_name + suffix, what=f"{kind} file")
 
     def _roll_forward_table(self, marker: Path) -> None:
         plan = read_json(marker)
@@ -370,9 +382,12 @@ class Scope:
         if kind not in TABLE_KINDS or not isinstance(entry, dict):
             raise ValueError(f"not a table commit ({kind!r})")
         path = self._table_path(kind, name)
-        staged = path.with_name(path.name + NEXT_SUFFIX)
-        if staged.exists():
-            os.replace(staged, path)
+        for file_name in [*plan.get("side", []), path.name]:
+            staged = self._side_path(kind, file_name, NEXT_SUFFIX)
+            if staged.exists():
+                os.replace(staged, self._side_path(kind, file_name))
+        for file_name in plan.get("drop", []):
+            self._side_path(kind, file_name).unlink(missing_ok=True)
         self._set_entry(kind, name, entry)
         marker.unlink()
 

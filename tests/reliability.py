@@ -24,6 +24,7 @@ import atexit
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,48 @@ def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, d
 def leftovers(folder: Path) -> list[Path]:
     """Half-written or uncommitted files under ``folder``."""
     return sorted(p for p in folder.rglob("*") if p.name.endswith((".tmp", ".next")) or p.name.startswith("commit-"))
+
+
+# ---------------------------------------------------------------------- crashes on commit boundaries, in process
+
+
+class SimulatedCrash(BaseException):
+    """Stands for kill -9: nothing after it runs (it is no Exception, so no handler catches it)."""
+
+
+def crash_before_each_replace(original: Path, work_root: Path, run, state, old, new) -> int:
+    """For k = 1, 2, ...: copy ``original``, run ``run(copy)`` with a crash before its k-th ``os.replace``, and
+    check that ``state(copy)`` (read after reopening, which finishes interrupted commits) equals ``old`` or
+    ``new``, never a mix; stop when a run completes. Returns the number of boundaries crashed on."""
+    real_replace = os.replace
+    boundary, outcomes = 0, []
+    while True:
+        boundary += 1
+        work = work_root / f"crash-{boundary}"
+        shutil.copytree(original, work)
+        calls = 0
+
+        def crash_at_boundary(src, dst, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == boundary:
+                raise SimulatedCrash
+            return real_replace(src, dst, **kwargs)
+
+        os.replace = crash_at_boundary
+        try:
+            run(work)
+            finished = True
+        except SimulatedCrash:
+            finished = False
+        finally:
+            os.replace = real_replace
+        got = state(work)
+        assert got in (old, new), f"a crash before os.replace call {boundary} left a state that mixes two runs"
+        assert not leftovers(work)
+        outcomes.append("new" if got == new else "old")
+        shutil.rmtree(work)
+        if finished:
+            break
+    assert "old" in outcomes and outcomes[-1] == "new"
+    return boundary - 1

@@ -25,7 +25,7 @@ from latentscope.ingest import encode
 from latentscope.scope import Scope
 
 from conftest import make_image_folder
-from reliability import crash_sequence, leftovers, note, run_child
+from reliability import crash_before_each_replace, crash_sequence, leftovers, note, run_child
 
 ENCODE = textwrap.dedent(
     """
@@ -146,11 +146,17 @@ def test_project_survives_kill_9_at_random_points(tmp_path, small_scope):
     np.testing.assert_array_equal(load_projection(out).transform(probe), load_projection(reference).transform(probe))
 
 
-class SimulatedCrash(BaseException):
-    """Stands for kill -9: nothing after it runs (it is no Exception, so no handler catches it)."""
+class MapState:
+    """A map's table and entry, comparable with ==."""
+
+    def __init__(self, scope_path: Path):
+        self.frame, self.entry = map_state(scope_path)
+
+    def __eq__(self, other) -> bool:
+        return self.frame.equals(other.frame) and self.entry == other.entry
 
 
-def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_scope, monkeypatch):
+def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_scope):
     """Crash before each commit boundary of a project run that replaces a map: the scope shows the old map with its
     old entry or the new map with its new entry."""
     from latentscope.projection import project
@@ -160,44 +166,42 @@ def test_project_over_an_old_map_leaves_old_or_new_never_a_mix(tmp_path, small_s
     project(old_scope, seed=0, progress=False, quality=False)
     shutil.copytree(old_scope, new_scope)
     project(new_scope, seed=1, progress=False, quality=False)
-    old, new = map_state(old_scope), map_state(new_scope)
-    assert old[1]["params"]["random_state"] == 0 and new[1]["params"]["random_state"] == 1
+    old, new = MapState(old_scope), MapState(new_scope)
+    assert old.entry["params"]["random_state"] == 0 and new.entry["params"]["random_state"] == 1
+    boundaries = crash_before_each_replace(old_scope, tmp_path, lambda work: project(work, seed=1, progress=False, quality=False),
+                                           MapState, old, new)
+    assert boundaries >= 2
+    note("crash-boundaries", command="project over an old map", boundaries=boundaries, mixed=0)
 
-    import os
 
-    real_replace = os.replace
-    boundary, outcomes = 0, []
-    while True:
-        boundary += 1
-        work = tmp_path / f"crash-{boundary}"
-        shutil.copytree(old_scope, work)
-        calls = 0
+def test_side_files_commit_with_their_table(tmp_path, small_scope):
+    """A score table with heatmaps and calibration beside it, replaced by another: after a crash at any boundary,
+    all three files and the entry are the old ones or all the new ones."""
+    ids = Scope(small_scope).ok_manifest()["id"]
 
-        def crash_at_boundary(src, dst, **kwargs):
-            nonlocal calls
-            calls += 1
-            if calls == boundary:
-                raise SimulatedCrash
-            return real_replace(src, dst, **kwargs)
+    def write(scope_path: Path, seed: int) -> None:
+        from latentscope.fileio import write_npy
 
-        monkeypatch.setattr(os, "replace", crash_at_boundary)
-        try:
-            project(work, seed=1, progress=False, quality=False)
-            finished = True
-        except SimulatedCrash:
-            finished = False
-        monkeypatch.setattr(os, "replace", real_replace)
-        got = map_state(work)  # opening the scope finishes an interrupted commit
-        matches_old = got[0].equals(old[0]) and got[1] == old[1]
-        matches_new = got[0].equals(new[0]) and got[1] == new[1]
-        assert matches_old or matches_new, f"a crash before os.replace call {boundary} left a map that mixes two runs"
-        assert not leftovers(work)
-        outcomes.append("new" if matches_new else "old")
-        shutil.rmtree(work)
-        if finished:
-            break
-    assert boundary >= 3 and "old" in outcomes and outcomes[-1] == "new"
-    note("crash-boundaries", command="project over an old map", boundaries=boundary - 1, mixed=0)
+        values = np.random.default_rng(seed).normal(size=(len(ids), 4, 4)).astype(np.float32)
+        Scope(scope_path).write_scores("run", pd.DataFrame({"id": ids, "score": values.mean((1, 2))}), {"seed": seed},
+                                       side={"run.maps.npy": lambda p: write_npy(p, values),
+                                             "run.calibration.npy": lambda p: write_npy(p, values[:2])},
+                                       files={"maps": "run.maps.npy", "calibration": "run.calibration.npy"})
+
+    def state(scope_path: Path):
+        scope = Scope(scope_path)
+        files = tuple((p.name, p.read_bytes()) for p in sorted((scope_path / "scores").iterdir()))
+        return files, scope.meta["scores"]["run"]["params"]
+
+    old_scope, new_scope = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(small_scope, old_scope)
+    write(old_scope, 1)
+    shutil.copytree(old_scope, new_scope)
+    write(new_scope, 2)
+    boundaries = crash_before_each_replace(old_scope, tmp_path, lambda work: write(work, 2), state, state(old_scope),
+                                           state(new_scope))
+    assert boundaries >= 4
+    note("crash-boundaries", command="scores with heatmaps and calibration", boundaries=boundaries, mixed=0)
 
 
 # ---------------------------------------------------------------------- train

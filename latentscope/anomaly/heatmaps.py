@@ -44,6 +44,9 @@ class Heatmaps:
             raise ScopeError(f"{self.scope.path}: no score named {name!r} (have: {known}); run 'latentscope score'")
         self.params = entry.get("params", {})
         self.files = entry.get("files", {})
+        # scope.json may come from someone else: its file names must stay inside the scope folder
+        self.paths = {key: self.scope.inside("scores", value, what=f"score {name!r} {key} file")
+                      for key, value in self.files.items() if value}
         ids = self.scope.read_scores(name)["id"].to_numpy(np.int64)
         self.row_of = {int(i): r for r, i in enumerate(ids)}
         self.images = ScopeImages(self.scope)
@@ -54,7 +57,7 @@ class Heatmaps:
     @property
     def stored(self) -> np.ndarray | None:
         if self._maps is None and self.files.get("maps"):
-            path = self.scope.path / "scores" / self.files["maps"]
+            path = self.paths["maps"]
             if path.exists():
                 self._maps = load_npy(path, mmap=True)
                 if len(self._maps) != len(self.row_of):
@@ -80,7 +83,7 @@ class Heatmaps:
             codec, denoiser = resolve_models(self.scope, self.model or self.params.get("model"), True, self.device)
             keys = ("levels", "steps", "draws", "seed", "smoothing", "floor", "top_k", "terms", "k")
             self._scorer = DiffusionScore(codec, denoiser, **{k: self.params[k] for k in keys if k in self.params})
-            with np.load(self.scope.path / "scores" / self.files["calibration"], allow_pickle=False) as stored:
+            with np.load(self.paths["calibration"], allow_pickle=False) as stored:
                 self._scorer.load_calibration({k: stored[k] for k in stored.files})
         return self._scorer.heatmaps(self._scorer.measure(self.images.batch([image_id])))[0]
 
@@ -101,7 +104,7 @@ class Heatmaps:
 
     def can_render(self) -> bool:
         """Whether overlays can be drawn: stored maps, or a diffusion score whose maps can be recomputed."""
-        if self.files.get("maps") and (self.scope.path / "scores" / self.files["maps"]).exists():
+        if self.files.get("maps") and self.paths["maps"].exists():
             return True
         return self.params.get("method") == "diffusion" and bool(self.files.get("calibration"))
 

@@ -444,29 +444,32 @@ def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict,
     for key in merged:
         if key.startswith("part/"):
             frame[key[5:]] = merged[key]
-    files = {}
-    base = scope.path / "scores"
-    maps_path, calibration_path = base / f"{name}{MAPS_SUFFIX}", base / f"{name}{CALIBRATION_SUFFIX}"
+    # heatmaps and calibration are committed with the scores and their entry: a crash never pairs old with new
+    maps_name, calibration_name = f"{name}{MAPS_SUFFIX}", f"{name}{CALIBRATION_SUFFIX}"
+    side = {}
     if "maps" in merged and len(merged["maps"]):
         heat = merged["maps"]
         peaks = heat.reshape(len(heat), -1).astype(np.float32).max(axis=1)
         params["display"] = [float(np.median(heat[: min(len(heat), 2000)].astype(np.float32))),
                              float(np.quantile(peaks, DISPLAY_QUANTILE))]
         if maps:
-            write_npy(maps_path, heat)
-            files["maps"] = maps_path.name
-    if not files.get("maps"):
-        maps_path.unlink(missing_ok=True)
+            side[maps_name] = lambda path: write_npy(path, heat)
     if hasattr(scorer, "calibration"):
-        from ..fileio import atomic_path
-
-        with atomic_path(calibration_path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **scorer.calibration())
-        files["calibration"] = calibration_path.name
-    scope.write_scores(name, frame, params, files=files, counts={"scored": len(frame), "skipped": len(summary.skipped)},
+        calibration = scorer.calibration()
+        side[calibration_name] = lambda path: _write_npz(path, calibration)
+    files = {key: file_name for key, file_name in (("maps", maps_name), ("calibration", calibration_name)) if file_name in side}
+    scope.write_scores(name, frame, params, side=side, drop=[maps_name, calibration_name], files=files,
+                       counts={"scored": len(frame), "skipped": len(summary.skipped)},
                        skipped={str(k): v for k, v in list(summary.skipped.items())[:100]},
                        seconds=round(summary.seconds, 3), images=images_digest, engine=summary.engine)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from ..fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
 
 
 def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:
