@@ -339,6 +339,8 @@ def score(
     started = time.perf_counter()
     scope = scope if isinstance(scope, Scope) else Scope(scope)
     check_name(name, "score")
+    if not 0 <= int(options.get("seed", 0)) < 2**32:
+        raise InputError(f"seed {options.get('seed')}: must be a whole number from 0 to 2**32 - 1")
     if batch_size < 1 or reference_size < 2:
         raise InputError(f"batch size {batch_size} / reference size {reference_size}: must be at least 1 / 2")
     images = ScopeImages(scope)

@@ -19,6 +19,37 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value if value == 0 else positive_int(text)
+
+
+def writable_file(text: str) -> str:
+    """An output file whose folder exists (checked before any work, so a typo costs nothing)."""
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {path.parent} does not exist")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into: new, or an existing folder (not a file)."""
+    from pathlib import Path
+
+    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file; give a folder")
+    return text
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fraction, image_size, positive_int
+from .common import fraction, image_size, positive_int, writable_file
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                         "calibrates on (default 512)")
     parser.add_argument("--size", type=image_size, help="image size (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--json", metavar="FILE", type=writable_file, help="also write every figure as JSON")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.set_defaults(func=run)
 

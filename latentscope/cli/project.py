@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_float, positive_int
-
-
-def non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+from .common import non_negative_int, positive_float, positive_int
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_options, add_engine_options, fraction, positive_int
+from .common import add_device_options, add_engine_options, fraction, non_negative_int, output_folder, positive_int
 
 
 def register(subparsers) -> None:
@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--workers", type=positive_int, help="image-loading threads (default: up to 4)")
     parser.add_argument("--no-maps", action="store_true", help="do not store heatmaps (they are recomputed on demand)")
-    parser.add_argument("--top", type=int, default=10, help="list this many most anomalous images at the end (default 10)")
-    parser.add_argument("--export", metavar="FOLDER", help="write heatmap overlays of the --top images as PNG files here")
+    parser.add_argument("--top", type=non_negative_int, default=10, help="list this many most anomalous images at the end (default 10)")
+    parser.add_argument("--export", metavar="FOLDER", type=output_folder, help="write heatmap overlays of the --top images as PNG files here")
     add_device_options(parser)
     add_engine_options(parser)
     parser.set_defaults(func=run)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         maps=not args.no_maps,
-        top=max(0, args.top),
+        top=args.top,
         device=args.device,
         dtype=args.dtype,
         progress=args.progress,
