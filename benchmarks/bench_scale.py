@@ -235,7 +235,7 @@ def disk_per_image(scope: Path) -> dict:
 # ---------------------------------------------------------------------- report
 
 
-def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load_note) -> str:
+def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load_note, command: str) -> str:
     def med(engine, key):
         return statistics.median(r[key] for r in encode_runs if r["engine"] == engine)
 
@@ -243,7 +243,7 @@ def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load
     lines = [
         "## Scale: the Ray engine and million-point maps (issue 9)",
         "",
-        f"Command: `{command_line()}`  ",
+        f"Command: `{command}`  ",
         f"Machine: {machine_line()}. {load_note}",
         "",
         f"### Encode: {n_images:,} images, local engine vs Ray engine",
@@ -266,6 +266,17 @@ def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load
         f"**Overhead ratio Ray / local: {ray_encode / local:.2f}** (target <= 1.3; the Ray time includes starting the "
         f"actors and loading the model in each); with Ray's own start-up (`ray.init`, median {ray_init:.1f} s) added: "
         f"{(ray_encode + ray_init) / local:.2f}.",
+    ]
+    if ray_encode < local:
+        lines += [
+            "",
+            "Ray came out faster than the local engine here. On this oversubscribed machine that says more about "
+            "CPU shares than about the engines: Ray's two single-threaded actor processes and its read tasks are "
+            "more runnable threads than the local engine's one process, and one-thread processes run these small "
+            "convolutions more efficiently than one process with two torch threads. On an idle machine expect the "
+            "fixed costs to show instead: `ray.init` and each actor's model load, some seconds per run.",
+        ]
+    lines += [
         "",
         f"### Projection: {n_latents:,} latents of 4 x 8 x 8 with the sample+transform path",
         "",
@@ -277,7 +288,7 @@ def to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load
         "|---|---:|---:|",
     ]
     peaks = projection.get("peak_mb", {})
-    lines += [f"| {label} | {sec:.1f} | {peaks.get(label, float('nan')):,.0f} |"
+    lines += [f"| {label} | {sec:.1f} | {f'{peaks[label]:,.0f}' if peaks.get(label) else '(too short to sample)'} |"
               for label, sec in projection["steps"].items() if label != "total"]
     q = projection["quality"] or {}
     quality_s = sum(sec for label, sec in projection["steps"].items() if label.startswith("measuring quality"))
@@ -367,12 +378,16 @@ def main() -> None:
     if args.quick:
         print(load_note)
         return
-    fresh = {"encode": (encode_runs, disk), "project": projection, "sizing": sizing, "load_note": load_note}
-    if args.skip:  # the load note covers the parts measured now; the reused ones keep theirs
+    command = command_line()
+    fresh = {"encode": (encode_runs, disk), "project": projection, "sizing": sizing}
+    if set(args.skip) == set(fresh):  # nothing measured now: render the saved run as it was
+        load_note, command = saved["load_note"], saved["command"]
+    elif args.skip:  # the load note covers the parts measured now; the reused ones keep theirs
         load_note += " Reused from an earlier run: " + ", ".join(args.skip) + f" ({saved.get('load_note', '')})"
     SAVED.parent.mkdir(exist_ok=True)
-    SAVED.write_text(json.dumps({**saved, **{k: v for k, v in fresh.items() if k not in args.skip}}))
-    markdown = to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load_note)
+    kept = {k: v for k, v in fresh.items() if k not in args.skip}
+    SAVED.write_text(json.dumps({**saved, **kept, "load_note": load_note, "command": command}))
+    markdown = to_markdown(encode_runs, n_images, projection, n_latents, sizing, disk, load_note, command)
     write_section("scale", markdown)
     print(markdown)
 
