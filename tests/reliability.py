@@ -149,33 +149,45 @@ class CrashLog:
 
 
 def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, duration: float, replaces: int,
-                   time_kills: int = 10, replace_kills: int = 6, start_over=None) -> CrashLog:
-    """Kill -9 the command at seeded random moments, rerunning after each, then let it finish once.
+                   start_over, check, kills: int = 10, time_share: float = 0.6, max_runs: int = 40) -> CrashLog:
+    """Kill -9 the command at seeded random moments, rerunning after each, until ``kills`` kills have landed.
 
-    ``time_kills`` kills come at a uniform random time in ``(0, duration)`` after
-    the child is ready; ``replace_kills`` come right before or after a random one
-    of the ``replaces`` commits an uninterrupted run makes. Each rerun resumes
-    from what the killed runs left, as a user rerunning the command would. When
-    a run finishes before its kill, ``start_over()`` (if given, for commands
-    that refuse to redo finished work) clears its output for the next one.
+    A kill is drawn as a time after the child is ready (with probability
+    ``time_share``) or as a commit boundary (right before or after one of the
+    ``os.replace`` calls), uniformly within the work an uninterrupted run
+    (``duration`` seconds, ``replaces`` commits) still has left by a rough
+    estimate, so that most kills land in work. Each rerun resumes from what the
+    killed runs left, as a user rerunning the command would. A rerun that
+    finishes before its kill is compared with the uninterrupted run
+    (``check()``), and ``start_over()`` restores the starting state so that
+    later kills meet work again. The last run goes to the end and is checked too.
     """
     rng = random.Random(seed)
-    plan = [("time", round(rng.uniform(0.0, duration), 3)) for _ in range(time_kills)]
-    plan += [("replace", (rng.randint(1, max(1, replaces)), rng.choice(("before", "after")))) for _ in range(replace_kills)]
-    rng.shuffle(plan)
-    log = CrashLog(command, plan)
-    for how, when in plan:
+    log = CrashLog(command)
+    done = 0.0  # estimated fraction of the work behind us since the last start
+    while log.landed < kills and len(log.planned) < max_runs:
+        left = max(0.1, 1.0 - done)
+        if rng.random() < time_share:
+            how, when = "time", round(rng.uniform(0.0, duration * left), 3)
+            share = when / duration
+        else:
+            how, when = "replace", (rng.randint(1, max(1, round(replaces * left))), rng.choice(("before", "after")))
+            share = when[0] / max(1, replaces)
+        log.planned.append((how, when))
         outcome = run_child(code, args, workdir, kill_after=when if how == "time" else None,
                             kill_at_replace=when if how == "replace" else None)
         if outcome.killed:
             log.landed += 1
-        else:
-            assert outcome.returncode == 0, f"{command} failed after a crash ({how} {when}):\n{outcome.stderr[-3000:]}"
-            if start_over:
-                start_over()
+            done += share
+            continue
+        assert outcome.returncode == 0, f"{command} failed after a crash ({how} {when}):\n{outcome.stderr[-3000:]}"
+        check()
+        start_over()
+        done = 0.0
     log.final = run_child(code, args, workdir)
     assert log.final.returncode == 0, f"{command}: the final rerun failed:\n{log.final.stderr[-3000:]}"
-    note("crash", command=command, planned=len(plan), landed=log.landed, seed=seed)
+    check()
+    note("crash", command=command, planned=len(log.planned), landed=log.landed, seed=seed)
     return log
 
 

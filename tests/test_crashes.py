@@ -1,10 +1,10 @@
 """Crash at any moment: kill -9 at seeded random points, rerun, and the result equals an uninterrupted run.
 
 Each command runs in a child process (see ``reliability.py``) that is killed
-at ten seeded random moments after its imports plus six seeded commit
-boundaries (right before or after a random ``os.replace``), rerun after each
-kill, and finally run to the end; the final files must equal those of an
-uninterrupted run, with no duplicate rows and no half-written file.
+at ten seeded random moments, times after its imports or commit boundaries
+(right before or after a random ``os.replace``), rerun after each kill, and
+finally run to the end; every run that finishes must leave files equal to those
+of an uninterrupted run, with no duplicate rows and no half-written file.
 
 Also a full disk: a write that fails with ENOSPC leaves the scope exactly as it was.
 """
@@ -42,19 +42,22 @@ COLUMNS = ["id", "path", "sha256", "width", "height", "status", "error", "row"]
 @pytest.mark.slow
 def test_encode_survives_kill_9_at_random_points(tmp_path, kl_folder):
     images = make_image_folder(tmp_path / "images", 120)
-    reference = tmp_path / "reference"
-    first = run_child(ENCODE, [images, kl_folder, reference], tmp_path / "run")
+    reference, out = tmp_path / "reference", tmp_path / "scope"
+    first = run_child(ENCODE, [images, kl_folder, out], tmp_path / "run")  # the same path: scope.json records it
     assert first.returncode == 0, first.stderr[-2000:]
+    out.rename(reference)
 
-    out = tmp_path / "scope"
+    def check():
+        got, want = Scope(out), Scope(reference)
+        pd.testing.assert_frame_equal(got.manifest()[COLUMNS], want.manifest()[COLUMNS])
+        assert not got.manifest()["id"].duplicated().any() and not got.manifest()["path"].duplicated().any()
+        np.testing.assert_array_equal(got.latents(), want.latents())
+        assert not leftovers(out) and not (out / ".partial" / "encode").exists()
+
     log = crash_sequence("encode", ENCODE, [images, kl_folder, out], tmp_path / "run", seed=2,
-                         duration=first.work_seconds, replaces=first.replaces)
-    assert log.landed >= 10, "most kills should land while the run is still going"
-    got, want = Scope(out), Scope(reference)
-    pd.testing.assert_frame_equal(got.manifest()[COLUMNS], want.manifest()[COLUMNS])
-    assert not got.manifest()["id"].duplicated().any() and not got.manifest()["path"].duplicated().any()
-    np.testing.assert_array_equal(got.latents(), want.latents())
-    assert not leftovers(out) and not (out / ".partial" / "encode").exists()
+                         duration=first.work_seconds, replaces=first.replaces, check=check,
+                         start_over=lambda: shutil.rmtree(out))
+    assert log.landed >= 10
 
 
 def test_full_disk_during_commit_leaves_scope_as_it_was(tmp_path, kl_folder, monkeypatch):
@@ -129,21 +132,27 @@ def test_project_survives_kill_9_at_random_points(tmp_path, small_scope):
 
     reference, out = tmp_path / "reference", tmp_path / "scope"
     shutil.copytree(small_scope, reference)
-    shutil.copytree(small_scope, out)
     first = run_child(PROJECT, [reference, 0], tmp_path / "run")
     assert first.returncode == 0, first.stderr[-2000:]
 
+    def check():
+        (got_map, got_entry), (want_map, want_entry) = map_state(out), map_state(reference)
+        pd.testing.assert_frame_equal(got_map, want_map)
+        assert got_entry == want_entry
+        assert not got_map["id"].duplicated().any() and set(got_map["id"]) == set(Scope(out).ok_manifest()["id"])
+        assert_same_index(out / "index", reference / "index")
+        assert not leftovers(out)
+        probe = np.asarray(Scope(out).latents()[:5], np.float32)
+        np.testing.assert_array_equal(load_projection(out).transform(probe), load_projection(reference).transform(probe))
+
+    def start_over():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(small_scope, out)
+
+    start_over()
     log = crash_sequence("project", PROJECT, [out, 0], tmp_path / "run", seed=3, duration=first.work_seconds,
-                         replaces=first.replaces)
+                         replaces=first.replaces, check=check, start_over=start_over)
     assert log.landed >= 10
-    (got_map, got_entry), (want_map, want_entry) = map_state(out), map_state(reference)
-    pd.testing.assert_frame_equal(got_map, want_map)
-    assert got_entry == want_entry
-    assert not got_map["id"].duplicated().any() and set(got_map["id"]) == set(Scope(out).ok_manifest()["id"])
-    assert_same_index(out / "index", reference / "index")
-    assert not leftovers(out)
-    probe = np.asarray(Scope(out).latents()[:5], np.float32)
-    np.testing.assert_array_equal(load_projection(out).transform(probe), load_projection(reference).transform(probe))
 
 
 class MapState:
@@ -247,19 +256,24 @@ def model_files(folder: Path) -> dict:
 def test_train_survives_kill_9_at_random_points(tmp_path):
     images = make_image_folder(tmp_path / "images", 40)
     reference, out = tmp_path / "reference", tmp_path / "model"
-    first = run_child(TRAIN, [images, reference], tmp_path / "run")
+    first = run_child(TRAIN, [images, out], tmp_path / "run")  # the same path: the model card records the command
     assert first.returncode == 0, first.stderr[-2000:]
+    out.rename(reference)
+    want = model_files(reference)
+    assert "vae/diffusion_pytorch_model.safetensors" in want and "README.md" in want
+
+    def check():
+        got = model_files(out)
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            if isinstance(value, dict) and name.endswith(".safetensors"):
+                assert got[name].keys() == value.keys()
+                for key in value:
+                    np.testing.assert_array_equal(got[name][key], value[key], err_msg=f"{name}: {key}")
+            else:
+                assert got[name] == value, name
+        assert not (out / "checkpoints").exists() and not leftovers(out)
 
     log = crash_sequence("train", TRAIN, [images, out], tmp_path / "run", seed=4, duration=first.work_seconds,
-                         replaces=first.replaces, start_over=lambda: shutil.rmtree(out))
+                         replaces=first.replaces, check=check, start_over=lambda: shutil.rmtree(out))
     assert log.landed >= 10
-    got, want = model_files(out), model_files(reference)
-    assert got.keys() == want.keys() and "vae/diffusion_pytorch_model.safetensors" in got and "README.md" in got
-    for name, value in want.items():
-        if isinstance(value, dict) and name.endswith(".safetensors"):
-            assert got[name].keys() == value.keys()
-            for key in value:
-                np.testing.assert_array_equal(got[name][key], value[key], err_msg=f"{name}: {key}")
-        else:
-            assert got[name] == value, name
-    assert not (out / "checkpoints").exists() and not leftovers(out)

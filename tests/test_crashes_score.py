@@ -1,6 +1,6 @@
 """Crash at any moment, for ``latentscope score`` (see test_crashes.py and reliability.py for the method).
 
-``score`` is killed with SIGKILL at ten seeded moments after start-up and at six seeded commit boundaries,
+``score`` is killed with SIGKILL at ten seeded moments (times after start-up and commit boundaries),
 rerun after each kill, then run to the end: its scores, heatmaps, calibration and scope.json entry must equal
 those of an uninterrupted run, with no duplicate rows and no half-written file.
 """
@@ -79,15 +79,22 @@ def _assert_equal(got, want, where=""):
 def test_score_survives_kill_9_at_random_points(tmp_path, digits_scope):
     reference, out = tmp_path / "reference", tmp_path / "scope"
     shutil.copytree(digits_scope, reference)
-    shutil.copytree(digits_scope, out)
     first = run_child(SCORE, [reference], tmp_path / "run")
     assert first.returncode == 0, first.stderr[-2000:]
+    want = score_files(reference)
 
+    def check():
+        got = score_files(out)
+        _assert_equal(got, want)
+        table = got["files"]["crash.parquet"]
+        assert not table["id"].duplicated().any() and set(table["id"]) == set(Scope(out).ok_manifest()["id"])
+        assert not leftovers(out) and not (out / ".partial" / "score" / "crash").exists()
+
+    def start_over():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(digits_scope, out)
+
+    start_over()
     log = crash_sequence("score", SCORE, [out], tmp_path / "run", seed=5, duration=first.work_seconds,
-                         replaces=first.replaces)
+                         replaces=first.replaces, check=check, start_over=start_over)
     assert log.landed >= 10
-    got, want = score_files(out), score_files(reference)
-    _assert_equal(got, want)
-    table = got["files"]["crash.parquet"]
-    assert not table["id"].duplicated().any() and set(table["id"]) == set(Scope(out).ok_manifest()["id"])
-    assert not leftovers(out) and not (out / ".partial" / "score" / "crash").exists()

@@ -69,7 +69,6 @@ def test_ray_append_reuses_content_and_draws_the_same_samples(tmp_path, kl_folde
     remote = encode(images, kl_folder, tmp_path / "ray", engine="ray", **options)
     assert (remote.unchanged, remote.encoded, remote.reused) == (local.unchanged, local.encoded, local.reused) == (9, 6, 1)
     assert_same_scope(tmp_path / "ray", tmp_path / "local")
-    np.testing.assert_array_equal(Scope(tmp_path / "ray").latents(), Scope(tmp_path / "local").latents())
 
 
 def _encode_actor_pids() -> list[int]:

@@ -223,7 +223,8 @@ class Phase:
                     bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs} loss {smoothed:.4f}", refresh=False)
                     if self.callback:
                         self.callback(self.name, self.step)
-                    if time.perf_counter() - last_save > self.checkpoint_seconds:
+                    last_of_epoch = b == self.steps_per_epoch - 1  # the epoch-end checkpoint follows, with its record
+                    if not last_of_epoch and time.perf_counter() - last_save > self.checkpoint_seconds:
                         self._account(started)
                         started = time.perf_counter()
                         self.save_checkpoint()
