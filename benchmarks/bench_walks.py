@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,9 @@ from latentscope.datasets import digits_array
 from latentscope.errors import LatentscopeError, ModelError
 from latentscope.walks import Walker, WalkSpec
 from latentscope.walks.metrics import lpips_model, typical_spacing, walk_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import command_line, machine_line, write_section  # noqa: E402
 
 COLUMNS = ("mean_rms_step", "max_rms_step", "evenness", "evenness_dssim", "mean_nearest_real_relative", "max_nearest_real_relative", "seconds")
 
@@ -200,20 +204,36 @@ def main() -> int:
     times = timing(walker, pairs[0], args.steps, args.repeats, unet, args.ddim_steps, args.noise_level)
     cold = cold_cli_seconds(scope, args.model, pairs[0], args.steps)
 
-    print(f"model {args.model}: {len(real)} digits, latents {tuple(real.shape[1:])}, encoded in {encode_seconds:.1f} s; "
-          f"typical real-to-real nearest distance {spacing:.4f} (RMS per element); torch threads {torch.get_num_threads()}")
-    print(f"LPIPS: {'measured' if lpips_model() is not None else 'not available here (no lpips package or local AlexNet weights)'}")
-    print(f"\n{len(pairs)} random pairs ({len(noise_pairs)} for noise-slerp and polish), {args.steps} frames, seed {args.seed}\n")
-    print(table(results))
+    report = [
+        f"model `{args.model}`: {len(real)} digits, latents {tuple(real.shape[1:])}, encoded in {encode_seconds:.1f} s; "
+        f"typical real-to-real nearest distance {spacing:.4f} (RMS per element).",
+        f"LPIPS: {'measured' if lpips_model() is not None else 'not available here (no lpips package or local AlexNet weights)'}.",
+        f"\n### Smoothness\n\n{len(pairs)} random pairs ({len(noise_pairs)} for noise-slerp and polish), {args.steps} frames, "
+        f"seed {args.seed}. Steps are RMS pixel changes between consecutive frames (pixels in [0, 1]); evenness = 1 - Gini of "
+        "the steps; nearest real = distance of each frame's latent to the nearest real latent, in units of the typical "
+        "real-to-real nearest-neighbour distance.\n",
+        table(results),
+    ]
     for name, row in results.items():
         if "inversion_error_mean" in row:
-            print(f"\n{name}: inverted to level t = {row['noise_level']}, {args.ddim_steps} DDIM steps; round-trip error of the ends "
-                  f"(relative RMS, blended out along the walk) mean {row['inversion_error_mean']:.3f}, max {row['inversion_error_max']:.3f}")
-    print(f"\n{args.steps}-frame decoded morph, warm walker, median of {args.repeats} (seconds):\n")
-    print("| walk | seconds | x bare decode |\n|---|---|---|")
-    for name, seconds in times.items():
-        print(f"| {name} | {seconds:.3f} | {seconds / times['bare_decode']:.2f} |")
-    print(f"\ncold CLI (process start + model load + walk + GIF + sidecar): {cold:.2f} s")
+            report.append(f"\n{name}: inverted to level t = {row['noise_level']}, {args.ddim_steps} DDIM steps; round-trip error of "
+                          f"the ends (relative RMS, blended out along the walk) mean {row['inversion_error_mean']:.3f}, "
+                          f"max {row['inversion_error_max']:.3f}.")
+    report.append(f"\n### Time for a {args.steps}-frame decoded morph\n\nWarm walker (model loaded once, as in the dashboard), "
+                  f"median of {args.repeats}; the bare decode of {args.steps} latents in the same run is the reference.\n")
+    report.append("| walk | seconds | x bare decode |\n|---|---|---|")
+    report += [f"| {name} | {seconds:.3f} | {seconds / times['bare_decode']:.2f} |" for name, seconds in times.items()]
+    worst = max(times["lerp"], times["slerp"])
+    report.append(f"\nTarget: a 24-frame lerp / slerp morph under 0.5 s at 32 x 32: {worst:.3f} s, "
+                  f"{'met' if worst < 0.5 else 'NOT met'}. Noise-space slerp costs {times.get('noise-slerp', float('nan')):.2f} s "
+                  f"({args.ddim_steps} DDIM steps to invert each end and to sample each frame).")
+    report.append(f"\nCold CLI (process start + model load + walk + GIF + sidecar): {cold:.2f} s.")
+    body = "\n".join(report)
+    print(body)
+    if not args.quick:
+        load = os.getloadavg()
+        write_section("walks", f"## Walks (issue 5)\n\nCommand: `{command_line()}`  \nMachine: {machine_line()}; "
+                      f"1/5/15-minute load average at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.\n\n{body}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "pairs": len(pairs), "steps": args.steps, "spacing": spacing,
                                                "smoothness": results, "timing": times, "cold_cli": cold}, indent=2))

@@ -306,10 +306,13 @@ def fit_image(
     else:
         raise InputError(f"resize policy {policy!r}: choose one of {', '.join(RESIZE_POLICIES)}")
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     if policy == "center-crop":
+        # Resample only the source region that survives the crop: scaling a 1 x 400,000 image up to fill the
+        # target first would make a picture of billions of pixels.
         left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
-        return resized.crop((left, top, left + target_w, top + target_h))
+        box = (left * w / new_w, top * h / new_h, (left + target_w) * w / new_w, (top + target_h) * h / new_h)
+        return img.resize((target_w, target_h), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    resized = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     canvas = Image.new("RGB", (target_w, target_h), tuple(background))
     canvas.paste(resized, ((target_w - new_w) // 2, (target_h - new_h) // 2))
     return canvas
