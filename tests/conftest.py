@@ -6,10 +6,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image, ImageDraw
+# No test may reach the network (the hub is unreachable here and in CI): set before huggingface_hub is imported,
+# which reads it once; otherwise each hub lookup waits for connection time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
