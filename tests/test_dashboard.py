@@ -273,8 +273,8 @@ def test_walk_job_lifecycle_and_files(cb, client):
     assert messages is None and stop is True and cleared_walk is None
     assert result["frames"] == 10 and len(result["path"]) == 10
     view = cb.walk_view(result, 3)
-    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch, paused = view
-    assert paused is False and preview.endswith("frame-0.png")
+    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch, paused, shown = view
+    assert paused is False and preview.endswith("frame-0.png") and value == shown == 0
     assert style == {} and len(strip) == 10 and last == 9 and "even spacing" in meta
     for href, kind in ((gif, "GIF"), (png, "PNG")):
         response = client.get("/" + href)
@@ -285,8 +285,10 @@ def test_walk_job_lifecycle_and_files(cb, client):
     assert client.get(f"/jobs/{ref['id']}/frame-9.png").status_code == 200
     assert client.get(f"/jobs/{ref['id']}/frame-10.png").status_code == 404
     assert client.get(f"/jobs/{ref['id']}/secrets.txt").status_code == 404
-    marker = cb.frame_marker(3, result, 3).to_plotly_json()["operations"]
-    assert marker[0]["params"]["value"] == [result["path"][3][0]]
+    marker, shown = cb.frame_marker(3, result, 3, 0)
+    assert marker.to_plotly_json()["operations"][0]["params"]["value"] == [result["path"][3][0]] and shown == 3
+    with pytest.raises(PreventUpdate):  # the new walk's view already put the marker on frame 0
+        cb.frame_marker(0, result, 3, 0)
 
 
 def test_walk_needs_two_points_and_direction_needs_groups(cb):

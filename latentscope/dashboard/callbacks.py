@@ -313,7 +313,8 @@ class Callbacks:
         patch["data"][frame_index]["x"] = [path[0][0]] if path else []
         patch["data"][frame_index]["y"] = [path[0][1]] if path else []
         if not result:
-            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch, True)
+            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch, True,
+                    None)
         job, frames = result["job"], int(result["frames"])
         base = f"jobs/{job}/"
         strip = [html.Img(src=f"{base}frame-{i}.png", title=f"frame {i + 1}", className="current" if i == 0 else "")
@@ -321,10 +322,12 @@ class Callbacks:
         step = max(1, frames // 12)
         marks = {i: str(i + 1) for i in range(0, frames, step)}
         return ({}, f"{base}frame-0.png", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
-                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch, False)
+                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch, False, 0)
 
-    def frame_marker(self, frame, result, n_base):
-        if not result or frame is None:
+    def frame_marker(self, frame, result, n_base, shown=None):
+        """Move the map's marker to the scrubbed frame; skipped when it is there already (a new walk puts it on
+        frame 0 with its path): redrawing a map of 100,000 points costs far more than the request."""
+        if not result or frame is None or frame == shown:
             raise PreventUpdate
         path = result.get("path") or []
         patch = Patch()
@@ -332,7 +335,7 @@ class Callbacks:
         point = path[int(frame)] if 0 <= int(frame) < len(path) else None
         patch["data"][index]["x"] = [point[0]] if point else []
         patch["data"][index]["y"] = [point[1]] if point else []
-        return patch
+        return patch, frame
 
 
 def _progress(status: dict) -> html.Div:
@@ -498,6 +501,7 @@ def register(app, callbacks: Callbacks) -> None:
                  Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
                  Output("download-mp4", "href"), Output("download-strip", "href"),
                  Output("map", "figure", allow_duplicate=True), Output("walk-play", "disabled"),
+                 Output("marker-frame", "data"),
                  Input("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.walk_view)
     app.clientside_callback(
         """
@@ -512,8 +516,9 @@ def register(app, callbacks: Callbacks) -> None:
         Output("walk-preview", "src", allow_duplicate=True), Input("walk-play", "n_intervals"), State("walk-result", "data"),
         prevent_initial_call=True,
     )
-    app.callback(Output("map", "figure", allow_duplicate=True), Input("walk-frame", "value"),
-                 State("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.frame_marker)
+    app.callback(Output("map", "figure", allow_duplicate=True), Output("marker-frame", "data", allow_duplicate=True),
+                 Input("walk-frame", "value"), State("walk-result", "data"), State("n-base", "data"),
+                 State("marker-frame", "data"), prevent_initial_call=True)(cb.frame_marker)
     app.clientside_callback(
         """
         function(frame, result) {
