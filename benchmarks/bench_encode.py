@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def run_case(name: str, n: int, work: Path, rounds: int = ROUNDS) -> dict:
     del images
     bare, ours = (float(np.median(side)) for side in zip(*measured))
     ratio = float(np.median([o / b for b, o in measured]))
-    row = {"key": name, "command": command_line(), "case": label, "n": n, "batch": batch_size, "bare": bare, "ours": ours, "ratio": ratio,
+    row = {"key": name, "command": command_line(), "conditions": f"1-minute load average {os.getloadavg()[0]:.1f} at the end", "case": label, "n": n, "batch": batch_size, "bare": bare, "ours": ours, "ratio": ratio,
            "ratios": [round(o / b, 3) for b, o in measured], **counts}
     if name == "kl64":
         half = peak_rss_mb(subset_folder(folder, work / "half", n // 2), model_dir, batch_size, work)
@@ -196,6 +197,7 @@ def to_markdown(rows: list[dict]) -> str:
         "thumbnails, forward pass, checkpoints, final commit), the same model object and batch size. "
         "Interleaved rounds (bare, latentscope, bare, ...); medians reported, each round's ratio in brackets.",
     ]
+    lines += ["", "Conditions: " + "; ".join(f"{r['case']}: {r.get('conditions', 'not recorded')}" for r in rows) + "."]
     for r in rows:
         if "rss" in r:
             half, full, n_half, n_full = r["rss"]
