@@ -134,9 +134,10 @@ def _optimise_epoch(head, tail, chunk_starts, indptr, neighbours, epochs_per_sam
             streams[i] = state
 
 
-# Two compiled variants of one epoch: threads cost a wake-up per epoch, which dominates small problems
-optimise_epoch_parallel = numba.njit(cache=True, fastmath=True, parallel=True)(_optimise_epoch)
-optimise_epoch_serial = numba.njit(cache=True, fastmath=True)(_optimise_epoch)
+# One compiled variant for every problem size: a serial build of the same code would round differently (the
+# threaded loop body is compiled on its own), and the map must not depend on how it was run. Small graphs run it
+# on one thread (waking threads every epoch would cost more than it saves): the same result.
+optimise_epoch = numba.njit(cache=True, fastmath=True, parallel=True)(_optimise_epoch)
 
 
 def sampling_schedule(weights: np.ndarray, n_epochs: int, negative_sample_rate: float):
@@ -206,15 +207,19 @@ def optimise(head: np.ndarray, tail: np.ndarray | None, rows: np.ndarray, cols: 
     tail = head.copy() if fit else np.ascontiguousarray(tail, dtype=np.float32)
     if parallel is None:
         parallel = len(weights) >= PARALLEL_MIN_EDGES
-    epoch_step = optimise_epoch_parallel if parallel else optimise_epoch_serial
-    for epoch in range(n_epochs):
-        alpha = learning_rate * (1.0 - epoch / n_epochs)
-        epoch_step(head, tail, chunk_starts, indptr, cols, per_sample, next_sample, per_negative, next_negative, streams,
-                   float(a), float(b), float(gamma), float(alpha), float(epoch), 2.0 if fit else 1.0, fit)
-        if fit:
-            tail[:] = head
-        if on_epoch is not None:
-            on_epoch(epoch)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(threads if parallel else 1)
+    try:
+        for epoch in range(n_epochs):
+            alpha = learning_rate * (1.0 - epoch / n_epochs)
+            optimise_epoch(head, tail, chunk_starts, indptr, cols, per_sample, next_sample, per_negative, next_negative,
+                           streams, float(a), float(b), float(gamma), float(alpha), float(epoch), 2.0 if fit else 1.0, fit)
+            if fit:
+                tail[:] = head
+            if on_epoch is not None:
+                on_epoch(epoch)
+    finally:
+        numba.set_num_threads(threads)
     if not fit:
         return head
     out = np.empty_like(head)

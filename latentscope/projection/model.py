@@ -466,8 +466,7 @@ def _warm_up(umap) -> None:
     indices, distances = exact_search(tiny, tiny, 8, "euclidean", same_set=True)
     index = NeighbourIndex(tiny, indices, distances, "euclidean")
     graph = fuzzy_graph(umap, index, 8, "euclidean", 11)
-    for parallel in (False, True):
-        layout.optimise(tiny[:, :2], None, graph.row, graph.col, graph.data, 11, 1.6, 0.9, 0, parallel=parallel)
+    layout.optimise(tiny[:, :2], None, graph.row, graph.col, graph.data, 11, 1.6, 0.9, 0)
     _WARMED_UP = True
 
 
