@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..runtime import DEVICE_CHOICES, DTYPE_CHOICES
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1" if minimum == 1 else f"{value} must be 0 or more")
     if value > 10**9:
         raise argparse.ArgumentTypeError(f"{value} is absurdly large")
     return value
 
 
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value if value == 0 else positive_int(text)
+    return _whole_number(text, 0)
 
 
 def writable_file(text: str) -> str:
     """An output file whose folder exists (checked before any work, so a typo costs nothing)."""
-    from pathlib import Path
-
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
@@ -43,9 +40,8 @@ def writable_file(text: str) -> str:
 
 def output_folder(text: str) -> str:
     """A folder to write into: new, or an existing folder (not a file)."""
-    from pathlib import Path
-
-    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a file; give a folder")
     return text
 
