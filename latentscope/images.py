@@ -361,7 +361,10 @@ def load_image(path: str | os.PathLike, background: tuple[int, int, int] = DEFAU
 
 
 def pixels_to_tensor_range(pixels: np.ndarray) -> np.ndarray:
-    """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1] (the diffusers convention)."""
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1] (the diffusers convention).
+
+    The result keeps the input's channels-last memory order (a strided view, not a copy to NCHW order).
+    """
     return (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5) - 1.0
 
 
