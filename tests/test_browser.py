@@ -158,8 +158,8 @@ def test_anomaly_table_sorts_and_highlights_the_point(explorer):
     cell = dash_duo.find_element("#anomaly-table td[data-dash-column='id']")
     row_id = int(cell.text)
     cell.click()
-    script = ("const gd = document.querySelector('#map .js-plotly-plot');"
-              "const t = gd._fullData.find(d => d.name === 'focus'); return Array.from(t.customdata || []);")
+    script = ("return Array.from(document.querySelectorAll('#map svg.mark-layer .focus'))"
+              ".map(c => Number(c.getAttribute('data-id')));")
     deadline = time.monotonic() + 15
     while dash_duo.driver.execute_script(script) != [row_id]:
         assert time.monotonic() < deadline, "the table row's point was never highlighted on the map"
@@ -179,6 +179,15 @@ def test_click_two_points_walk_strip_and_gif_download(explorer, tmp_path):
         move_to(dash_duo, x, y, click=True)
         time.sleep(0.4)
     dash_duo.wait_for_text_to_equal("#walk-points .chip:nth-child(3) span:last-child", f"id {ids[1]}", timeout=10)
+    waypoints = dash_duo.driver.execute_script(
+        "return Array.from(document.querySelectorAll('#map svg.mark-layer .waypoint'))"
+        ".map(c => [Number(c.getAttribute('data-id')), c.getAttribute('cx'), c.getAttribute('cy')]);")
+    assert [w[0] for w in waypoints] == ids, "the clicked points are marked on the map, in order"
+    left, top = dash_duo.driver.execute_script(
+        "const r = document.querySelector('#map svg.mark-layer').getBoundingClientRect(); return [r.left, r.top];")
+    for (image_id, cx, cy) in waypoints:  # each mark sits on its point
+        x, y = point_position(dash_duo, image_id)
+        assert abs(left + float(cx) - x) < 1.5 and abs(top + float(cy) - y) < 1.5
     steps = dash_duo.find_element("#walk-steps")
     steps.clear()
     steps.send_keys("12\t")
@@ -192,11 +201,21 @@ def test_click_two_points_walk_strip_and_gif_download(explorer, tmp_path):
     first = dash_duo.find_element("#walk-preview").get_attribute("src")
     time.sleep(0.5)
     assert dash_duo.find_element("#walk-preview").get_attribute("src") != first, "the animation should play"
-    path = dash_duo.driver.execute_script(
-        "const gd = document.querySelector('#map .js-plotly-plot');"
-        "return gd._fullData.find(d => d.name === 'path').x.length;"
+    layer = (
+        "const layer = document.querySelector('#map svg.mark-layer');"
+        "const frame = layer.querySelector('.walk-frame');"
+        "return [layer.querySelector('.walk-path').getAttribute('points').trim().split(' ').length,"
+        " layer.querySelectorAll('.walk-step').length, frame.getAttribute('cx'), frame.getAttribute('cy'),"
+        " Array.from(layer.querySelectorAll('.walk-step')).map(c => [c.getAttribute('cx'), c.getAttribute('cy')])];"
     )
-    assert path == 12
+    polyline, steps, *marker, step_xy = dash_duo.driver.execute_script(layer)
+    assert polyline == steps == 12 and marker == step_xy[0], "the path is drawn with the marker on frame 1"
+    dash_duo.driver.execute_script(
+        "window.dash_clientside.set_props('walk-frame', {value: 5});"
+    )
+    time.sleep(0.3)
+    *_, marker_x, marker_y, step_xy = dash_duo.driver.execute_script(layer)
+    assert [marker_x, marker_y] == step_xy[5], "scrubbing moves the map marker to that frame"
     href = dash_duo.find_element("#download-gif").get_attribute("href")
     import urllib.request
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("dash")
 
-from dash import Patch  # noqa: E402
+from dash import Patch, no_update  # noqa: E402
 from dash._callback_context import context_value  # noqa: E402
 from dash._utils import AttributeDict  # noqa: E402
 from dash.exceptions import PreventUpdate  # noqa: E402
@@ -54,18 +54,25 @@ def test_map_uses_binary_float32_arrays_and_one_trace_per_label(app):
     assert '"dtype":"f4"' in text and '"bdata"' in text
 
 
-def test_redraw_by_score_gives_a_colour_scale_and_keeps_overlays(cb):
-    ids = cb.data.points["id"].tolist()
-    figure, n_base = cb.redraw("score:default", 6, 0.7, ids[0], ids[1:3], None, {"path": [[0, 0], [1, 1]]})
+def test_redraw_by_score_gives_a_colour_scale_and_keeps_the_highlight(cb):
+    scores = cb.data.points["score:default"]
+    threshold = float(scores.quantile(0.9))
+    figure, n_base = cb.redraw("score:default", 6, 0.7, threshold)
     assert n_base == 1
     assert figure.data[0].marker.showscale
     names = [t.name for t in figure.data[n_base:]]
     assert list(names) == list(OVERLAYS)
-    assert len(figure.data[n_base + OVERLAYS.index("waypoints")].x) == 2
-    assert len(figure.data[n_base + OVERLAYS.index("focus")].x) == 1
-    assert list(figure.data[n_base + OVERLAYS.index("path")].x) == [0, 1]
-    figure, n_base = cb.redraw("cluster", 6, 0.7, None, [], None, None)
+    ringed = figure.data[n_base + OVERLAYS.index("highlight")]
+    assert sorted(ringed.customdata) == sorted(cb.data.points["id"][scores >= threshold].tolist())
+    figure, n_base = cb.redraw("cluster", 6, 0.7, None)
     assert n_base >= 2
+
+
+def test_marks_give_map_positions_of_known_ids(cb):
+    points = cb.data.points
+    first = int(points["id"].iloc[0])
+    assert cb.marks([first, 10**9]) == [[float(points["x"].iloc[0]), float(points["y"].iloc[0]), first]]
+    assert cb.marks([]) == []
 
 
 def test_restyle_patches_only_marker_style(cb):
@@ -263,18 +270,26 @@ def wait_job(cb, ref, timeout=60):
     return cb.jobs.get(ref["id"])
 
 
-def test_walk_job_lifecycle_and_files(cb, client):
+def test_quick_walk_is_shown_at_once_without_polling(cb, monkeypatch):
     ids = cb.data.points["id"].tolist()
-    ref, disabled, progress = cb.start_walk(1, ids[:2], "slerp", 10, ["even"])
-    assert disabled is False and "walk" in str(progress)
+    monkeypatch.setattr(cb, "quick_seconds", 60)
+    ref, disabled, progress, result = cb.start_walk(1, ids[:2], "lerp", 6, [])
+    assert ref is None and disabled is no_update and progress is no_update  # a running mosaic keeps its polling
+    assert result["frames"] == 6 and len(result["path"]) == 6 and cb.jobs.get(result["job"]).state == "done"
+
+
+def test_walk_job_lifecycle_and_files(cb, client, monkeypatch):
+    ids = cb.data.points["id"].tolist()
+    monkeypatch.setattr(cb, "quick_seconds", 0)  # as for a walk that takes longer than the quick wait: progress, then the poll
+    ref, disabled, progress, result = cb.start_walk(1, ids[:2], "slerp", 10, ["even"])
+    assert disabled is False and "walk" in str(progress) and result is no_update
     job = wait_job(cb, ref)
     assert job.state == "done", job.error
     messages, result, mosaic, stop, cleared_walk, cleared_grid = cb.poll(1, ref, None)
     assert messages is None and stop is True and cleared_walk is None
     assert result["frames"] == 10 and len(result["path"]) == 10
-    view = cb.walk_view(result, 3)
-    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, patch, paused, shown = view
-    assert paused is False and preview.endswith("frame-0.png") and value == shown == 0
+    style, preview, first, strip, last, marks, value, meta, gif, mp4, png, paused = cb.walk_view(result)
+    assert paused is False and preview.endswith("frame-0.png") and value == 0
     assert style == {} and len(strip) == 10 and last == 9 and "even spacing" in meta
     for href, kind in ((gif, "GIF"), (png, "PNG")):
         response = client.get("/" + href)
@@ -285,21 +300,18 @@ def test_walk_job_lifecycle_and_files(cb, client):
     assert client.get(f"/jobs/{ref['id']}/frame-9.png").status_code == 200
     assert client.get(f"/jobs/{ref['id']}/frame-10.png").status_code == 404
     assert client.get(f"/jobs/{ref['id']}/secrets.txt").status_code == 404
-    marker, shown = cb.frame_marker(3, result, 3, 0)
-    assert marker.to_plotly_json()["operations"][0]["params"]["value"] == [result["path"][3][0]] and shown == 3
-    with pytest.raises(PreventUpdate):  # the new walk's view already put the marker on frame 0
-        cb.frame_marker(0, result, 3, 0)
 
 
-def test_walk_needs_two_points_and_direction_needs_groups(cb):
-    ref, disabled, message = cb.start_walk(1, [0], "slerp", 10, [])
+def test_walk_needs_two_points_and_direction_needs_groups(cb, monkeypatch):
+    ref, disabled, message, _ = cb.start_walk(1, [0], "slerp", 10, [])
     assert disabled is True and "two points" in str(message)
-    _, _, message = cb.start_direction(1, None, [1], [2], [0, 1], "slerp", 8)
+    _, _, message, _ = cb.start_direction(1, None, [1], [2], [0, 1], "slerp", 8)
     assert "inspect an image first" in str(message)
-    _, _, message = cb.start_direction(1, 0, [], [2], [0, 1], "slerp", 8)
+    _, _, message, _ = cb.start_direction(1, 0, [], [2], [0, 1], "slerp", 8)
     assert "group A and group B" in str(message)
     ids = cb.data.points["id"].tolist()
-    ref, disabled, _ = cb.start_direction(1, ids[0], ids[1:5], ids[5:9], [-1, 1], "noise-slerp", 8)
+    monkeypatch.setattr(cb, "quick_seconds", 0)
+    ref, disabled, _, _ = cb.start_direction(1, ids[0], ids[1:5], ids[5:9], [-1, 1], "noise-slerp", 8)
     job = wait_job(cb, ref)
     assert job.state == "done", job.error and len(job.result.pixels) == 8
 
@@ -312,7 +324,8 @@ def test_failed_job_is_reported(cb, monkeypatch):
 
     monkeypatch.setattr(actions, "run_walk", broken)
     ids = cb.data.points["id"].tolist()
-    ref, _, _ = cb.start_walk(1, ids[:2], "lerp", 4, [])
+    ref, _, _, result = cb.start_walk(1, ids[:2], "lerp", 4, [])
+    assert result is no_update  # a failed quick walk is left to the poll, which reports it
     wait_job(cb, ref)
     messages, result, _, stop, cleared, _ = cb.poll(1, ref, None)
     assert "decoder exploded" in str(messages) and stop is True and cleared is None

@@ -106,13 +106,11 @@ def test_the_app_redraws_a_dense_map_when_the_view_changes(dense_scope):
     cb = app.latentscope.callbacks
     assert len(drawn_ids(app.layout["map"].figure)) == N  # all 600 are under the 100,000 drawn on zoom
     cb.data.zoom_points = 250
-    figure, n_base = cb.redraw_view([3.0, 8.0, 2.0, 8.0], "label", 5, 0.8, 450, [], None, None)
+    figure, n_base = cb.redraw_view([3.0, 8.0, 2.0, 8.0], "label", 5, 0.8, None)
     assert n_base == 3 and 450 in drawn_ids(figure) and figure.layout.images
-    focus = figure.data[n_base + OVERLAYS.index("focus")]
-    assert list(focus.customdata) == [450]
-    whole, _ = cb.redraw_view(None, "label", 5, 0.8, None, [], None, None)
+    whole, _ = cb.redraw_view(None, "label", 5, 0.8, None)
     assert drawn_ids(whole) == set()
 
     plain = create_app(dense_scope, device="cpu").latentscope.callbacks
     with pytest.raises(PreventUpdate):
-        plain.redraw_view([3.0, 8.0, 2.0, 8.0], "label", 5, 0.8, None, [], None, None)
+        plain.redraw_view([3.0, 8.0, 2.0, 8.0], "label", 5, 0.8, None)

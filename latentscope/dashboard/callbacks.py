@@ -19,6 +19,7 @@ from .jobs import JobManager
 from .layout import anomaly_rows
 
 MAX_WAYPOINTS = 8
+QUICK_SECONDS = 1.0  # a walk done within this is shown at once; a longer one shows progress, polled
 GALLERY_LIMIT = 60
 HIGHLIGHT_LIMIT = 20_000
 
@@ -42,35 +43,30 @@ class Callbacks:
         self.data = data
         self.jobs = jobs
         self.heatmaps = heatmaps  # image id -> PNG bytes of the anomaly heatmap overlay, when scoring is available
+        self.quick_seconds = QUICK_SECONDS
 
     # ------------------------------------------------------------------ map
 
-    def redraw(self, colour, size, opacity, focus_id, walk_ids, threshold, walk_result, view=None):
-        """A full redraw when the colouring changes; overlays are carried over."""
+    def redraw(self, colour, size, opacity, threshold, view=None):
+        """A full redraw when the colouring changes, with the highlight ring carried over. (The other marks, such
+        as the walk's path, are not in the figure: the page draws them over the map, see assets/latentscope.js.)"""
         figure = map_figure(self.data, colour or "none", size or 5, opacity or 0.8, view)
         n_base = len(figure.data) - len(OVERLAYS)
-        self._fill_overlay(figure.data[overlay_index(n_base, "focus")], [focus_id] if focus_id is not None else [])
-        self._fill_overlay(figure.data[overlay_index(n_base, "waypoints")], walk_ids or [], numbered=True)
-        self._fill_overlay(figure.data[overlay_index(n_base, "highlight")], self.ids_above(threshold))
-        figure.data[overlay_index(n_base, "frame")].x, figure.data[overlay_index(n_base, "frame")].y = [], []
-        path = (walk_result or {}).get("path") or []
-        if path:
-            trace = figure.data[overlay_index(n_base, "path")]
-            trace.x, trace.y = [p[0] for p in path], [p[1] for p in path]
+        trace, ids = figure.data[overlay_index(n_base, "highlight")], self.ids_above(threshold)
+        xy = self._xy(ids)
+        trace.x, trace.y, trace.customdata = xy[:, 0], xy[:, 1], self._known(ids)
         return figure, n_base
 
-    def redraw_view(self, view, colour, size, opacity, focus_id, walk_ids, threshold, walk_result):
+    def redraw_view(self, view, colour, size, opacity, threshold):
         """Dense maps only: the density image of the new view, and its points once few enough are in it."""
         if not self.data.dense:
             raise PreventUpdate
-        return self.redraw(colour, size, opacity, focus_id, walk_ids, threshold, walk_result, view)
+        return self.redraw(colour, size, opacity, threshold, view)
 
-    def _fill_overlay(self, trace, ids, numbered: bool = False):
-        xy = self._xy(ids)
-        trace.x, trace.y = xy[:, 0], xy[:, 1]
-        trace.customdata = self._known(ids)
-        if numbered:
-            trace.text = [str(i + 1) for i in range(len(xy))]
+    def marks(self, ids) -> list[list[float]]:
+        """[x, y, id] of each known id, for the marks the page draws over the map (focus ring, waypoints)."""
+        known = self._known(ids)
+        return [[float(x), float(y), image_id] for (x, y), image_id in zip(self._xy(known).tolist(), known)]
 
     def _known(self, ids) -> list[int]:
         return [int(i) for i in ids or [] if self.data.knows(i)]
@@ -87,15 +83,13 @@ class Callbacks:
             patch["data"][i]["marker"]["opacity"] = opacity
         return patch
 
-    def overlay_patch(self, n_base, name: str, ids, numbered: bool = False) -> Patch:
+    def overlay_patch(self, n_base, name: str, ids) -> Patch:
         xy = self._xy(ids)
         patch = Patch()
         index = overlay_index(int(n_base), name)
         patch["data"][index]["x"] = xy[:, 0].tolist()
         patch["data"][index]["y"] = xy[:, 1].tolist()
         patch["data"][index]["customdata"] = self._known(ids)
-        if numbered:
-            patch["data"][index]["text"] = [str(i + 1) for i in range(len(xy))]
         return patch
 
     # ------------------------------------------------------------------ clicks and inspect
@@ -231,25 +225,31 @@ class Callbacks:
         try:
             spec = actions.walk_spec(ids or [], method, steps or 24, options)
         except LatentscopeError as exc:
-            return no_update, True, _error(str(exc))
-        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
-        return {"id": job.id}, False, _progress(job.status())
+            return no_update, True, _error(str(exc)), no_update
+        return self._walk_started(self.jobs.submit("walk", actions.run_walk, self.data, spec))
+
+    def _walk_started(self, job):
+        """(walk-job, poll disabled, progress, walk-result): a quick walk's result at once, saving the polls;
+        otherwise the job for the poll to follow. Polling and progress are left as they are for a quick walk,
+        as a mosaic may be running too."""
+        if job.wait(self.quick_seconds) and job.state == "done":
+            return None, no_update, no_update, job.result.summary(job.id)
+        return {"id": job.id}, False, _progress(job.status()), no_update
 
     def start_direction(self, n_clicks, focus_id, group_a, group_b, strength, method, steps):
         if not n_clicks:
             raise PreventUpdate
         if focus_id is None:
-            return no_update, True, _error("inspect an image first (click it on the map): it is the one that moves")
+            return no_update, True, _error("inspect an image first (click it on the map): it is the one that moves"), no_update
         if not group_a or not group_b:
-            return no_update, True, _error("set group A and group B in the Select tab first")
+            return no_update, True, _error("set group A and group B in the Select tab first"), no_update
         direction = {"from": {"ids": list(group_a)}, "to": {"ids": list(group_b)}, "strength": list(strength or [0, 1])}
         try:
             spec = actions.walk_spec([focus_id], "lerp" if method in ("noise-slerp", "data-path") else method, steps or 24,
                                      [], direction=direction)
         except LatentscopeError as exc:
-            return no_update, True, _error(str(exc))
-        job = self.jobs.submit("walk", actions.run_walk, self.data, spec)
-        return {"id": job.id}, False, _progress(job.status())
+            return no_update, True, _error(str(exc)), no_update
+        return self._walk_started(self.jobs.submit("walk", actions.run_walk, self.data, spec))
 
     def start_mosaic(self, n_clicks, grid, view):
         if not n_clicks:
@@ -302,19 +302,10 @@ class Callbacks:
                 results["mosaic"] = _mosaic_view(job.id, job.result)
         return messages or None, results["walk"], results["mosaic"], not running, cleared["walk"], cleared["mosaic"]
 
-    def walk_view(self, result, n_base):
-        """Show a finished walk: animation, scrubbable frame, strip, downloads; draw its path on the map."""
-        patch = Patch()
-        path = (result or {}).get("path") or []
-        index = overlay_index(int(n_base), "path")
-        patch["data"][index]["x"] = [p[0] for p in path]
-        patch["data"][index]["y"] = [p[1] for p in path]
-        frame_index = overlay_index(int(n_base), "frame")
-        patch["data"][frame_index]["x"] = [path[0][0]] if path else []
-        patch["data"][frame_index]["y"] = [path[0][1]] if path else []
+    def walk_view(self, result):
+        """Show a finished walk: animation, scrubbable frame, strip, downloads. (The page draws its path on the map.)"""
         if not result:
-            return ({"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, patch, True,
-                    None)
+            return {"display": "none"}, no_update, no_update, [], 1, {}, 0, "", no_update, no_update, no_update, True
         job, frames = result["job"], int(result["frames"])
         base = f"jobs/{job}/"
         strip = [html.Img(src=f"{base}frame-{i}.png", title=f"frame {i + 1}", className="current" if i == 0 else "")
@@ -322,20 +313,7 @@ class Callbacks:
         step = max(1, frames // 12)
         marks = {i: str(i + 1) for i in range(0, frames, step)}
         return ({}, f"{base}frame-0.png", f"{base}frame-0.png", strip, frames - 1, marks, 0, result["text"],
-                base + "download.gif", base + "download.mp4", base + "download-strip.png", patch, False, 0)
-
-    def frame_marker(self, frame, result, n_base, shown=None):
-        """Move the map's marker to the scrubbed frame; skipped when it is there already (a new walk puts it on
-        frame 0 with its path): redrawing a map of 100,000 points costs far more than the request."""
-        if not result or frame is None or frame == shown:
-            raise PreventUpdate
-        path = result.get("path") or []
-        patch = Patch()
-        index = overlay_index(int(n_base), "frame")
-        point = path[int(frame)] if 0 <= int(frame) < len(path) else None
-        patch["data"][index]["x"] = [point[0]] if point else []
-        patch["data"][index]["y"] = [point[1]] if point else []
-        return patch, frame
+                base + "download.gif", base + "download.mp4", base + "download-strip.png", False)
 
 
 def _progress(status: dict) -> html.Div:
@@ -427,15 +405,14 @@ def register(app, callbacks: Callbacks) -> None:
     app.callback(
         Output("map", "figure"), Output("n-base", "data"),
         Input("colour-by", "value"),
-        State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
-        State("anomaly-threshold", "value"), State("walk-result", "data"), State("view-range", "data"),
+        State("point-size", "value"), State("point-opacity", "value"), State("anomaly-threshold", "value"),
+        State("view-range", "data"),
         prevent_initial_call=True,
     )(cb.redraw)
     app.callback(
         Output("map", "figure", allow_duplicate=True), Output("n-base", "data", allow_duplicate=True),
         Input("view-range", "data"), State("colour-by", "value"),
-        State("point-size", "value"), State("point-opacity", "value"), State("focus-id", "data"), State("walk-ids", "data"),
-        State("anomaly-threshold", "value"), State("walk-result", "data"),
+        State("point-size", "value"), State("point-opacity", "value"), State("anomaly-threshold", "value"),
         prevent_initial_call=True,
     )(cb.redraw_view)
     app.callback(
@@ -457,13 +434,22 @@ def register(app, callbacks: Callbacks) -> None:
                  Input("focus-id", "data"), State("panel-tabs", "value"), prevent_initial_call=True)(
         lambda image_id, tab: (cb.inspect_panel(image_id), tab if tab in ("walk", "anomalies", "select") else "inspect")
     )
-    app.callback(Output("map", "figure", allow_duplicate=True), Input("focus-id", "data"), State("n-base", "data"),
-                 prevent_initial_call=True)(
-        lambda image_id, n_base: cb.overlay_patch(n_base, "focus", [image_id] if image_id is not None else [])
+    app.callback(Output("focus-xy", "data"), Input("focus-id", "data"), prevent_initial_call=True)(
+        lambda image_id: cb.marks([image_id] if image_id is not None else [])
     )
-    app.callback(Output("walk-points", "children"), Output("map", "figure", allow_duplicate=True),
-                 Input("walk-ids", "data"), State("n-base", "data"), prevent_initial_call=True)(
-        lambda ids, n_base: (cb.walk_chips(ids), cb.overlay_patch(n_base, "waypoints", ids, numbered=True))
+    app.callback(Output("walk-points", "children"), Output("waypoint-xy", "data"),
+                 Input("walk-ids", "data"), prevent_initial_call=True)(lambda ids: (cb.walk_chips(ids), cb.marks(ids)))
+    app.clientside_callback(
+        """
+        function(focus, waypoints, result, frame) {
+            const walkChanged = window.dash_clientside.callback_context.triggered.some(
+                (t) => t.prop_id === 'walk-result.data');
+            return window.latentscopeShowMarks({focus: focus || [], waypoints: waypoints || [],
+                path: (result && result.path) || [], frame: walkChanged ? 0 : (frame || 0)});
+        }
+        """,
+        Output("map-marks", "data"), Input("focus-xy", "data"), Input("waypoint-xy", "data"), Input("walk-result", "data"),
+        Input("walk-frame", "value"),
     )
     app.callback(Output("walk-ids", "data", allow_duplicate=True), Output("walk-result", "data", allow_duplicate=True),
                  Input("walk-clear", "n_clicks"), prevent_initial_call=True)(cb.clear_walk)
@@ -478,7 +464,8 @@ def register(app, callbacks: Callbacks) -> None:
         State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
         prevent_initial_call=True,
     )(cb.set_group)
-    job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"))
+    job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"),
+                   Output("walk-result", "data", allow_duplicate=True))
     app.callback(*job_outputs, Input("walk-run", "n_clicks"), State("walk-ids", "data"), State("walk-method", "value"),
                  State("walk-steps", "value"), State("walk-options", "value"), prevent_initial_call=True)(cb.start_walk)
     app.callback(*(Output(o.component_id, o.component_property, allow_duplicate=True) for o in job_outputs),
@@ -499,10 +486,8 @@ def register(app, callbacks: Callbacks) -> None:
     app.callback(Output("walk-output", "style"), Output("walk-preview", "src"), Output("walk-frame-img", "src"),
                  Output("walk-strip", "children"), Output("walk-frame", "max"), Output("walk-frame", "marks"),
                  Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
-                 Output("download-mp4", "href"), Output("download-strip", "href"),
-                 Output("map", "figure", allow_duplicate=True), Output("walk-play", "disabled"),
-                 Output("marker-frame", "data"),
-                 Input("walk-result", "data"), State("n-base", "data"), prevent_initial_call=True)(cb.walk_view)
+                 Output("download-mp4", "href"), Output("download-strip", "href"), Output("walk-play", "disabled"),
+                 Input("walk-result", "data"), prevent_initial_call=True)(cb.walk_view)
     app.clientside_callback(
         """
         function(tick, result) {
@@ -516,9 +501,6 @@ def register(app, callbacks: Callbacks) -> None:
         Output("walk-preview", "src", allow_duplicate=True), Input("walk-play", "n_intervals"), State("walk-result", "data"),
         prevent_initial_call=True,
     )
-    app.callback(Output("map", "figure", allow_duplicate=True), Output("marker-frame", "data", allow_duplicate=True),
-                 Input("walk-frame", "value"), State("walk-result", "data"), State("n-base", "data"),
-                 State("marker-frame", "data"), prevent_initial_call=True)(cb.frame_marker)
     app.clientside_callback(
         """
         function(frame, result) {

@@ -22,7 +22,7 @@ PALETTE = [
     "#7D4F74", "#D46B78", "#6E4E3B", "#7F7772", "#88B3DA", "#FFBF79", "#8CD17D", "#FF9F9B",
 ]
 NEUTRAL = "#6B7A8F"
-OVERLAYS = ("highlight", "path", "waypoints", "focus", "frame")
+OVERLAYS = ("highlight",)  # the other marks are drawn over the map by assets/latentscope.js
 SCORE_SCALE = [[0.0, "#2B3A55"], [0.5, "#8A6FB0"], [0.8, "#F2A65A"], [1.0, "#FFE46B"]]
 
 
@@ -101,11 +101,6 @@ def overlay_traces() -> list[go.Scattergl]:
     empty = np.zeros(0, np.float32)
     styles = {
         "highlight": dict(mode="markers", marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#E4572E"))),
-        "path": dict(mode="lines+markers", line=dict(width=2.5, color="#111827"), marker=dict(size=5, color="#111827")),
-        "waypoints": dict(mode="markers+text", marker=dict(size=15, color="#FFFFFF", line=dict(width=3, color="#111827")),
-                          textposition="top center", textfont=dict(size=13, color="#111827")),
-        "focus": dict(mode="markers", marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color="#E4572E"))),
-        "frame": dict(mode="markers", marker=dict(size=13, color="#E4572E", line=dict(width=2, color="#FFFFFF"))),
     }
     return [go.Scattergl(x=empty, y=empty, name=name, hoverinfo="none", showlegend=False, **styles[name]) for name in OVERLAYS]
 

@@ -31,6 +31,11 @@ class Job:
     error: str = ""
     created: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the job to end (done or failed); True when it has."""
+        return self._ended.wait(max(0.0, seconds))
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         self.done, self.total = int(done), max(1, int(total))
@@ -84,6 +89,7 @@ class JobManager:
             job.state, job.error = "error", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
         finally:
             job.finished = time.monotonic()
+            job._ended.set()
 
     def get(self, job_id: str | None) -> Job | None:
         if not job_id:

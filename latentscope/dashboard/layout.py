@@ -265,7 +265,9 @@ def build_layout(data: ExplorerData) -> html.Div:
             dcc.Store(id="walk-ids", data=[]),
             dcc.Store(id="walk-job"),
             dcc.Store(id="walk-result"),
-            dcc.Store(id="marker-frame"),  # the walk frame the map marker shows (saves redrawing the map for it)
+            dcc.Store(id="focus-xy", data=[]),  # [x, y, id] of marks drawn over the map by assets/latentscope.js
+            dcc.Store(id="waypoint-xy", data=[]),
+            dcc.Store(id="map-marks"),
             dcc.Store(id="selection-ids", data=[]),
             dcc.Store(id="group-a", data=[]),
             dcc.Store(id="group-b", data=[]),
