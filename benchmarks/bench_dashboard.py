@@ -315,6 +315,7 @@ def main() -> None:
         "points": n, "page_ready_median": statistics.median(ready), "ready_all": ready,
         "hover_p50": percentile(hovers, 50), "hover_p95": percentile(hovers, 95), "hover_n": len(hovers),
         "walk_p50": percentile(walks, 50), "walk_p95": percentile(walks, 95), "walk_n": len(walks),
+        "walks_all": [round(w, 3) for w in walks],
         "payload_binary": binary, "payload_lists": as_lists, "console_errors": len(logs),
     }
     print(json.dumps(rows, indent=1))

@@ -116,7 +116,8 @@ class _Encoder:
         fresh = [it for it in items if it.pixels is not None]
         if not fresh:
             return items, None
-        # N x 3 x H x W over channels-last memory: convolutions on CPU run faster on it than on NCHW memory
+        # N x 3 x H x W over channels-last memory, not copied to NCHW order: on CPU the TAESD encoder ran
+        # 15 % slower on an NCHW copy of the same pixels (benchmarks/bench_encode.py)
         return items, torch.from_numpy(pixels_to_tensor_range(np.stack([it.pixels for it in fresh])))
 
     def encode_batch(self, items: list[ReadItem], tensor: torch.Tensor | None) -> np.ndarray | None:
