@@ -155,26 +155,31 @@ class Client:
             "walk-run.n_clicks": 1, "walk-ids.data": ids, "walk-method.value": "slerp", "walk-steps.value": steps,
             "walk-options.value": [],
         })
-        job = ((response or {}).get("response", {}).get("walk-job", {}) or {}).get("data")
-        if not job:
+        job, result = _output(response, "walk-job"), _output(response, "walk-result")  # a quick walk: its result
+        if not job and not result:
             with self.lock:
-                self.result.failures.append(f"walk: no job started ({str(response)[:200]})")
+                self.result.failures.append(f"walk: neither a job nor a result ({str(response)[:200]})")
             return
-        while time.monotonic() < deadline + 30:
+        while not result and time.monotonic() < deadline + 30:
+            time.sleep(0.15)
             polled = self.callback("poll", "walk-result.data", "job-poll.n_intervals",
                                    {"job-poll.n_intervals": 1, "walk-job.data": job, "grid-job.data": None})
-            result = ((polled or {}).get("response", {}).get("walk-result", {}) or {}).get("data")
-            if result:
-                for index in range(int(result["frames"])):
-                    self._timed("walk", f"{self.base}jobs/{result['job']}/frame-{index}.png")
-                with self.lock:
-                    self.result.latencies.setdefault("walk-complete", []).append(time.perf_counter() - started)
-                return
             if polled is None:
                 return
-            time.sleep(0.15)
+            result = _output(polled, "walk-result")
+        if not result:
+            with self.lock:
+                self.result.failures.append("walk: not finished in time")
+            return
+        for index in range(int(result["frames"])):
+            self._timed("walk", f"{self.base}jobs/{result['job']}/frame-{index}.png")
         with self.lock:
-            self.result.failures.append("walk: not finished in time")
+            self.result.latencies.setdefault("walk-complete", []).append(time.perf_counter() - started)
+
+
+def _output(response: dict | None, component: str):
+    """The data a Dash callback response gives ``component`` (None when it gives none)."""
+    return ((response or {}).get("response", {}).get(component, {}) or {}).get("data")
 
 
 def drive(base: str, ids: list[int], clients: int = 20, seconds: float = 30.0, seed: int = 0,
