@@ -75,6 +75,12 @@ def test_marks_give_map_positions_of_known_ids(cb):
     assert cb.marks([]) == []
 
 
+def test_warm_up_prepares_the_first_walk(explorer_scope):
+    data = create_app(explorer_scope, device="cpu").latentscope.data
+    data.warm_up()
+    assert data._walker is not None and "_squared_norms" in vars(data) and "flat_latents" in vars(data)
+
+
 def test_restyle_patches_only_marker_style(cb):
     patch = cb.restyle(9, 0.5, 3)
     assert isinstance(patch, Patch)

@@ -9,6 +9,7 @@ the scope.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,6 +88,20 @@ def _one_thread_per_request_on_cpu() -> None:
         torch.set_num_threads(1)
 
 
+def _warm_up_in_background(data) -> None:
+    """Prepare for the first walk while the page loads, at a lower priority than the requests."""
+    from ..loader import lower_thread_priority
+
+    def warm() -> None:
+        lower_thread_priority()
+        try:
+            data.warm_up()
+        except Exception as exc:  # the first walk then does the work itself, and reports any real error
+            log.warning("warming up for walks failed: %s", exc)
+
+    threading.Thread(target=warm, name="latentscope-warm-up", daemon=True).start()
+
+
 def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
           debug: bool = False, threads: int = 8, announce=print, **app_options) -> None:
     """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed)."""
@@ -96,6 +111,7 @@ def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str |
     token = choose_token(host, token, no_auth, announce)
     _one_thread_per_request_on_cpu()
     app = create_app(scope, token=token, **app_options)
+    _warm_up_in_background(app.latentscope.data)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     if token and not is_loopback(host):
         url += f"?token={token}"

@@ -269,6 +269,13 @@ class ExplorerData:
             out[i] = (real[nearest] * weights[:, None]).sum(0) / weights.sum()
         return out.reshape(len(points), *shape)
 
+    def warm_up(self) -> None:
+        """Load the model and the neighbour-search arrays ahead of the first walk (which would otherwise take
+        seconds longer than the rest); dense maps skip the arrays, whose size grows with the points."""
+        self.walker()
+        if not self.dense:
+            self._squared_norms  # noqa: B018 (a cached property: computing it is the point)
+
     def walker(self):
         """One walker per explorer (model loaded once, kNN graph cached), shared by all walk jobs."""
         with self._model_lock:
