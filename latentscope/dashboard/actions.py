@@ -6,13 +6,11 @@ Each result keeps its frames in memory only while its job is kept (see
 
 from __future__ import annotations
 
-import io
 import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InputError
 from .data import ExplorerData, png_bytes
