@@ -5,7 +5,9 @@ latents with a little noise; thumbnails are those of the nearer source digit; th
 jitter (the map's method does not matter to the page); scores are distances to the mean. Measured in the
 browser:
 
-* page ready: navigation start -> the map's points drawn (plotly's first ``afterplot``), median of 3 loads;
+* page ready: navigation start -> the map's points drawn (plotly's first ``afterplot``): the first visit (a fresh
+  browser profile, nothing cached) and the median of 3 later visits; a traced first visit in a second fresh
+  browser says where the first visit's time goes;
 * hover: pointer move over a point -> its thumbnail loaded in the tooltip, p50 / p95 over 60 points;
 * walk: click on "Make walk" (two points chosen, 24 frames, slerp) -> all 24 strip frames loaded, p50 / p95;
 * the size of the map figure in the layout payload (binary float32 arrays) vs the same figure as JSON lists.
@@ -108,7 +110,8 @@ def start_server(scope: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("server did not start: " + (scope.parent / "server.log").read_text()[-2000:])
 
 
-def browser():
+def browser(trace: bool = False):
+    """Headless Chromium with a fresh profile (an empty cache); ``trace`` records a devtools timeline."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
 
@@ -116,7 +119,42 @@ def browser():
     options.binary_location = "/usr/bin/chromium"
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
+    if trace:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        options.add_experimental_option("perfLoggingPrefs", {"traceCategories": "devtools.timeline,gpu"})
     return webdriver.Chrome(options=options)
+
+
+def cold_load_breakdown(url: str) -> dict[str, float]:
+    """Where the main thread's time goes in a first visit (fresh browser, traced): seconds evaluating
+    plotly.js, evaluating the other scripts, and waiting for the software WebGL raster; plus the total."""
+    driver = browser(trace=True)
+    try:
+        driver.get(url)
+        total = driver.execute_async_script(READY_JS) / 1000.0
+        time.sleep(0.5)
+        driver.get("about:blank")
+        events = []
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Tracing.dataCollected":
+                events.append(message["params"])
+    finally:
+        driver.quit()
+    plotly = other = raster = 0.0
+    for event in events:
+        seconds = event.get("dur", 0) / 1e6
+        if event.get("ph") != "X":
+            continue
+        if event.get("name") == "EvaluateScript":
+            script = event.get("args", {}).get("data", {}).get("url", "")
+            if "plotly" in script.rsplit("/", 1)[-1]:
+                plotly += seconds
+            else:
+                other += seconds
+        elif event.get("name") == "GLES2::ReadPixels":  # the renderer waiting for the GPU process's raster
+            raster += seconds
+    return {"traced_total": total, "plotly_eval": plotly, "other_eval": other, "webgl_raster": raster}
 
 
 READY_JS = """
@@ -153,7 +191,7 @@ document.addEventListener('load', (event) => {
 """
 
 
-def page_ready_seconds(driver, url: str, loads: int = 3) -> list[float]:
+def page_ready_seconds(driver, url: str, loads: int = 4) -> list[float]:
     times = []
     for _ in range(loads):
         driver.get(url)
@@ -308,6 +346,7 @@ def main() -> None:
         walks = walk_latencies(driver, points[args.hovers:], args.walks)
         logs = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         binary, as_lists = payload_sizes(port)
+        breakdown = cold_load_breakdown(url)
     finally:
         driver.quit()
         server.terminate()
@@ -316,7 +355,7 @@ def main() -> None:
         "hover_p50": percentile(hovers, 50), "hover_p95": percentile(hovers, 95), "hover_n": len(hovers),
         "walk_p50": percentile(walks, 50), "walk_p95": percentile(walks, 95), "walk_n": len(walks),
         "walks_all": [round(w, 3) for w in walks],
-        "payload_binary": binary, "payload_lists": as_lists, "console_errors": len(logs),
+        "payload_binary": binary, "payload_lists": as_lists, "console_errors": len(logs), **breakdown,
     }
     print(json.dumps(rows, indent=1))
     markdown = "\n".join([
@@ -329,12 +368,19 @@ def main() -> None:
         "",
         "| measure | p50 | p95 | target |",
         "|---|---:|---:|---|",
-        f"| page ready (navigation -> map drawn), {len(ready)} loads | {statistics.median(ready):.2f} s | {max(ready):.2f} s (max) | < 3 s |",
+        f"| page ready, first visit (empty browser cache) | {ready[0]:.2f} s | | < 3 s |",
+        f"| page ready, later visits, {len(ready) - 1} loads | {statistics.median(ready[1:]):.2f} s | {max(ready[1:]):.2f} s (max) | < 3 s |",
         f"| hover -> thumbnail shown, {len(hovers)} points | {rows['hover_p50'] * 1000:.0f} ms | {rows['hover_p95'] * 1000:.0f} ms | p95 < 150 ms |",
         f"| click Make walk -> 24-frame strip shown (slerp), {len(walks)} walks | {rows['walk_p50'] * 1000:.0f} ms | {rows['walk_p95'] * 1000:.0f} ms | p95 < 1 s |",
         "",
         f"Map figure in the layout payload: {binary / 1e6:.2f} MB with binary float32 / int32 arrays, "
         f"{as_lists / 1e6:.2f} MB as JSON lists ({as_lists / binary:.1f}x). Browser console errors: {len(logs)}.",
+        "",
+        f"Page ready runs from navigation to the map's points drawn. Where a first visit's time goes (a second fresh "
+        f"browser with a devtools trace, which slows it a little: {breakdown['traced_total']:.2f} s): evaluating "
+        f"plotly.js (the 4.8 MB bundle that dcc.Graph loads; Chromium caches its compiled code for later visits) "
+        f"{breakdown['plotly_eval']:.2f} s, evaluating the other scripts (React, Dash) {breakdown['other_eval']:.2f} s, "
+        f"waiting for the software WebGL raster of the points {breakdown['webgl_raster']:.2f} s.",
     ])
     print(markdown)
     if not args.quick:
