@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.colour_sets import describe, load_set, split_by_group  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
 from latentscope.codec import BUILTIN_ROOT, Codec  # noqa: E402
 from latentscope.datasets import digits_array  # noqa: E402
 from latentscope.denoiser import Denoiser  # noqa: E402
@@ -34,7 +35,6 @@ from latentscope.training import make_plan, train  # noqa: E402
 from latentscope.training.loop import Phase  # noqa: E402
 from latentscope.training.metrics import psnr  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 STORE = ROOT / "benchmarks" / "out" / "train_results.json"  # figures of earlier partial runs (--only), merged into the report
 SECTION = "## Training (issue 3)"
 
@@ -214,18 +214,6 @@ def render(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md (other sections are left alone)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        following = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[following + 1 :] if following >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("digits", "colour", "speed"), action="append")
@@ -256,7 +244,7 @@ def main() -> None:
             stored["colour"] = sorted(colour.values(), key=lambda c: (c["set"], c["size"]))
         STORE.parent.mkdir(parents=True, exist_ok=True)
         STORE.write_text(json.dumps(stored, indent=1))
-        write_section(render(stored, "python benchmarks/bench_train.py"))
+        write_section("train", render(stored, "python benchmarks/bench_train.py"))
 
 
 if __name__ == "__main__":
