@@ -147,7 +147,8 @@ def test_other_settings_into_same_scope_refused_and_nothing_written(tmp_path, kl
 
 RUN_ENCODE = textwrap.dedent(
     """
-    import sys
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C semantics even when started with SIGINT ignored
     from latentscope.ingest import encode
     encode(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=4, checkpoint_images=8, progress=False, device="cpu", workers=1)
     """
