@@ -197,7 +197,7 @@ def render(results: dict, command: str) -> str:
                 f"{c['margin']:+.2f} dB | {c['epochs']} | {c['seconds'] / 60:.1f} min |"
             )
         lines += ["", "Target: AE at least 3 dB above PCA within 10 minutes of training on 2 idle CPU cores. The automatic plan",
-                  f"trains on {AE_IMAGES_SEEN:,} images' worth at 32 px (a sixth of that at 64 px, where images have 4x the pixels and the model 1.5x the width), in epochs of the images "
+                  f"trains on {AE_IMAGES_SEEN:,} images' worth at 32 px (fewer at larger sizes, in proportion to the pixels times the model's base width), in epochs of the images "
                   "left after the 10 % validation split; every row ran that plan on an otherwise idle machine.", ""]
     if "speed" in results:
         s = results["speed"]

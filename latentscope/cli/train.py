@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--background", default="white", help="colour behind transparent pixels and padding")
     parser.add_argument("--latent-channels", type=positive_int, default=4, help="channels of the latent (default 4)")
     parser.add_argument("--downscale", type=int, choices=(2, 4, 8, 16), help="image-to-latent reduction (default: 4 up to 64 px, else 8)")
-    parser.add_argument("--width", type=positive_int, help="autoencoder base width, a multiple of 8 (default: 16 up to 32 px, else 24)")
+    parser.add_argument("--width", type=positive_int, help="autoencoder base width, a multiple of 8 (default: 16 up to 64 px, else 24)")
     parser.add_argument("--epochs", type=positive_int, help="autoencoder epochs (default: chosen from the image count)")
     parser.add_argument("--denoiser-epochs", type=positive_int, help="denoiser epochs (default: chosen from the image count)")
     parser.add_argument("--batch-size", type=positive_int, help="batch size (default 8 for the autoencoder, 32 for the denoiser)")
