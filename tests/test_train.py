@@ -141,6 +141,53 @@ def test_plan_chooses_sizes_from_image_size_and_count():
         make_plan((36, 36), 100, downscale=8)
 
 
+def test_plan_splits_the_autoencoder_time_between_half_and_full_size():
+    from latentscope.training.plan import AE_IMAGES_SEEN, relative_cost
+
+    plan = make_plan((64, 64), 1600)
+    assert plan.coarse_size == (32, 32) and plan.coarse_epochs > plan.epochs > 0  # half-size images cost less
+    seconds = 1600 * (plan.coarse_epochs * relative_cost(32, 16) + plan.epochs * relative_cost(64, 16))
+    full_size_only = make_plan((64, 64), 1600, coarse_epochs=0)
+    assert seconds == pytest.approx(1600 * full_size_only.epochs * relative_cost(64, 16), rel=0.15)  # the same time
+    assert full_size_only.epochs * 1600 == pytest.approx(AE_IMAGES_SEEN / relative_cost(64, 16), rel=0.15)
+    assert make_plan((64, 64), 1600, epochs=5).coarse_epochs == 0  # explicit epochs: full size only
+    assert make_plan((32, 32), 1600).coarse_epochs == 0  # the plan halves only images of 64 px and more
+    assert make_plan((32, 32), 1600, epochs=5, coarse_epochs=2).coarse_epochs == 2  # asked for: from 32 px
+    with pytest.raises(InputError, match="coarse epochs 2: image size 16x16"):
+        make_plan((16, 16), 100, coarse_epochs=2)
+
+
+COARSE = dict(size=32, width=8, epochs=2, coarse_epochs=3, batch_size=4, learning_rate=3e-3, progress=False, patience=0,
+              denoiser=False)
+
+
+def shapes_array_32(n: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return np.stack([np.asarray(shape_image(rng, (32, 32))) for _ in range(n)])
+
+
+def test_half_size_stage_comes_first_and_resumes_to_the_same_model(tmp_path):
+    reference = train(shapes_array_32(24), tmp_path / "reference", **COARSE)
+    ae = reference.record["autoencoder"]
+    assert ae["coarse"]["epochs_run"] == 3 and len(ae["history"]) == 2
+    assert ae["seconds"] > ae["coarse"]["seconds"] > 0
+    assert "3 epochs at 16 x 16 (halved images), then 2 epochs" in (tmp_path / "reference" / "README.md").read_text()
+    # a hard kill after the half-size stage (no full-size checkpoint yet) and a Ctrl-C inside it both resume exactly
+    killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_array_32(24), killed, callback=_interrupt_at("autoencoder", 2), **COARSE)
+    (killed / "checkpoints" / "autoencoder.safetensors").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_array_32(24), interrupted, callback=_interrupt_at("autoencoder-coarse", 7), **COARSE)
+    assert json.loads((interrupted / "checkpoints" / "autoencoder-coarse.json").read_text())["step"] == 7
+    expected = _weights(tmp_path / "reference", "vae")
+    for out in (killed, interrupted):
+        train(shapes_array_32(24), out, **COARSE)
+        got = _weights(out, "vae")
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{out.name}: {key}")
+
+
 def test_load_images_from_folder_skips_bad_files(tmp_path):
     folder = make_image_folder(tmp_path / "imgs", 8)
     (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")

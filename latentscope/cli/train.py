@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import DEVICE_CHOICES
-from .common import image_size, positive_float, positive_int
+from .common import image_size, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,10 @@ def register(subparsers) -> None:
     parser.add_argument("--latent-channels", type=positive_int, default=4, help="channels of the latent (default 4)")
     parser.add_argument("--downscale", type=int, choices=(2, 4, 8, 16), help="image-to-latent reduction (default: 4 up to 64 px, else 8)")
     parser.add_argument("--width", type=positive_int, help="autoencoder base width, a multiple of 8 (default: 16 up to 64 px, else 24)")
-    parser.add_argument("--epochs", type=positive_int, help="autoencoder epochs (default: chosen from the image count)")
+    parser.add_argument("--epochs", type=positive_int, help="autoencoder epochs at full size (default: chosen from the image count)")
+    parser.add_argument("--coarse-epochs", type=non_negative_int,
+                        help="autoencoder epochs on the images halved in size before the full-size ones, 0 for none "
+                        "(default: chosen with --epochs from the image count; 0 when --epochs is given)")
     parser.add_argument("--denoiser-epochs", type=positive_int, help="denoiser epochs (default: chosen from the image count)")
     parser.add_argument("--batch-size", type=positive_int, help="batch size (default 8 for the autoencoder, 32 for the denoiser)")
     parser.add_argument("--lr", type=positive_float, help="peak learning rate of the autoencoder (default 1e-3; the denoiser uses half)")
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         downscale=args.downscale,
         width=args.width,
         epochs=args.epochs,
+        coarse_epochs=args.coarse_epochs,
         denoiser_epochs=args.denoiser_epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,

@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import read_json, write_json
+from ..fileio import atomic_path, read_json, write_json
 from ..runtime import resolve_device, seed_everything
 from . import autoencoder as ae_phase
 from . import diffusion as dn_phase
@@ -47,7 +47,7 @@ __all__ = ["train", "TrainResult", "make_plan", "load_images"]
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
 REMOVED_CHECKPOINTS = ".checkpoints.removed"
-RECIPE_VERSION = 2  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
+RECIPE_VERSION = 3  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
 
 
 @dataclass
@@ -86,6 +86,7 @@ def train(
     downscale: int | None = None,
     width: int | None = None,
     epochs: int | None = None,
+    coarse_epochs: int | None = None,
     denoiser_epochs: int | None = None,
     batch_size: int | None = None,
     learning_rate: float | None = None,
@@ -118,7 +119,7 @@ def train(
     data = load_images(images, size, resize, parse_background(background), progress)
     train_idx, val_idx = split_validation(len(data.pixels), val_fraction, seed)
     plan = make_plan(data.size, len(train_idx), latent_channels, downscale, epochs, batch_size, learning_rate,
-                     denoiser_epochs, width)
+                     denoiser_epochs, width, coarse_epochs)
     identity = {"data": data.fingerprint(), "plan": dataclasses.asdict(plan), "seed": seed, "val_fraction": val_fraction,
                 "patience": patience, "kl_weight": ae_phase.KL_WEIGHT, "recipe": RECIPE_VERSION, "device": device.type}
     checkpoints = out / CHECKPOINT_DIR
@@ -242,21 +243,51 @@ def _autoencoder_phase(plan: Plan, train_pixels, val_pixels, identity, checkpoin
         return vae, PhaseResult(**done["result"])
     seed_everything(seed)
     vae = ae_phase.build_autoencoder(plan).to(device)
-    step = ae_phase.make_step(vae, train_pixels, device=device)
+    options = dict(batch_size=plan.batch_size, seed=seed, identity=identity, monitor="psnr", mode="max",
+                   patience=patience, checkpoint_seconds=checkpoint_seconds, progress=progress, callback=callback)
+    coarse = _coarse_stage(plan, vae, train_pixels, val_pixels, checkpoints, device, options)
     val_device = val_pixels.to(device)
     phase = Phase(
-        "autoencoder", vae, len(train_pixels), step, lambda: ae_phase.evaluate(vae, val_device),
-        epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=seed,
-        checkpoint=checkpoints / "autoencoder.safetensors", identity=identity, monitor="psnr", mode="max",
-        patience=patience, checkpoint_seconds=checkpoint_seconds, progress=progress, callback=callback,
+        "autoencoder", vae, len(train_pixels), ae_phase.make_step(vae, train_pixels, device=device),
+        lambda: ae_phase.evaluate(vae, val_device), epochs=plan.epochs,
+        learning_rate=plan.learning_rate * (ae_phase.FINE_AFTER_COARSE_LR if coarse else 1.0),
+        checkpoint=checkpoints / "autoencoder.safetensors", **options,
     )
     result = phase.run()
     phase.restore_best()
+    if coarse:
+        result = dataclasses.replace(result, seconds=result.seconds + coarse.seconds, examples=result.examples + coarse.examples,
+                                     train_seconds=result.train_seconds + coarse.train_seconds, coarse=dataclasses.asdict(coarse))
     means = ae_phase.encode_means(vae, train_pixels.to(device))
     ae_phase.calibrate_scaling(vae, means)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     write_json(checkpoints / "autoencoder.done.json", {"identity": identity, "result": dataclasses.asdict(result)})
     return vae, result
+
+
+def _coarse_stage(plan: Plan, vae, train_pixels, val_pixels, checkpoints: Path, device, options: dict) -> PhaseResult | None:
+    """Train ``vae`` on the images halved in size first (``plan.coarse_epochs``; see ``plan.py``), resumably."""
+    if not plan.coarse_epochs:
+        return None
+    from safetensors.torch import load_file, save_file
+
+    weights, marker = checkpoints / "autoencoder-coarse.done.safetensors", checkpoints / "autoencoder-coarse.done.json"
+    if marker.exists() and weights.exists() and read_json(marker).get("identity") == _jsonable(options["identity"]):
+        vae.load_state_dict(load_file(str(weights)))
+        return PhaseResult(**read_json(marker)["result"])
+    small_train, small_val = ae_phase.halve(train_pixels), ae_phase.halve(val_pixels).to(device)
+    phase = Phase(
+        "autoencoder-coarse", vae, len(small_train), ae_phase.make_step(vae, small_train, device=device),
+        lambda: ae_phase.evaluate(vae, small_val), epochs=plan.coarse_epochs, learning_rate=plan.learning_rate,
+        checkpoint=checkpoints / "autoencoder-coarse.safetensors", **options,
+    )
+    result = phase.run()
+    phase.restore_best()
+    vae.train()
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
+    write_json(marker, {"identity": options["identity"], "result": dataclasses.asdict(result)})
+    return result
 
 
 def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,

@@ -17,6 +17,7 @@ KL_WEIGHT = 1e-6
 EVAL_BATCH = 128
 INITIAL_LOGVAR = -8.0
 NORM_GROUPS = 8
+FINE_AFTER_COARSE_LR = 0.5  # peak learning rate at full size after the half-size stage, relative to the plan's
 
 
 def build_autoencoder(plan: Plan):
@@ -57,6 +58,11 @@ def start_with_small_variance(vae, channels: int, logvar: float = INITIAL_LOGVAR
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 N x 3 x H x W -> float in [-1, 1], channels-last like the model built by :func:`build_autoencoder`."""
     return pixels.float().div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
+
+
+def halve(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> uint8 N x 3 x H/2 x W/2, each pixel the rounded mean of a 2 x 2 block."""
+    return F.avg_pool2d(pixels.float(), 2).round_().to(torch.uint8)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -42,7 +42,7 @@ def render_card(record: dict) -> str:
         f"| image size | {data['size'][0]} x {data['size'][1]} |",
         f"| latent shape | {' x '.join(str(v) for v in plan['latent_shape'])} (downscale {plan['downscale']}) |",
         f"| autoencoder widths | {', '.join(str(w) for w in plan['widths'])} |",
-        f"| autoencoder training | {ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, {record.get('loss', 'L1 + MSE')} + {record['kl_weight']:g} KL |",
+        f"| autoencoder training | {_coarse_text(ae, data)}{ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, {record.get('loss', 'L1 + MSE')} + {record['kl_weight']:g} KL |",
     ]
     if dn:
         lines += [
@@ -85,3 +85,10 @@ def render_card(record: dict) -> str:
 
 def write_card(path, record: dict) -> None:
     write_bytes(path, render_card(record).encode("utf-8"))
+
+
+def _coarse_text(ae: dict, data: dict) -> str:
+    coarse = ae.get("coarse")
+    if not coarse:
+        return ""
+    return f"{coarse['epochs_run']} epochs at {data['size'][0] // 2} x {data['size'][1] // 2} (halved images), then "

@@ -47,6 +47,16 @@ def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float 
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where the device has one (on CPU a step of the for-loop version took
+    13 ms of a 140 ms step at 32 px; fused: 3 ms)."""
+    options = dict(lr=learning_rate, betas=(0.9, 0.99), weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **options)
+    except (RuntimeError, TypeError):  # no fused kernel for these tensors or this device
+        return torch.optim.AdamW(model.parameters(), **options)
+
+
 class EMA:
     """Exponential moving average of a model's parameters, with the usual warm-up of the decay."""
 
@@ -78,6 +88,7 @@ class PhaseResult:
     seconds: float = 0.0
     train_seconds: float = 0.0  # optimizer steps only (no validation or checkpoints)
     examples: int = 0
+    coarse: dict | None = None  # the autoencoder's half-size stage, counted in the totals above
 
 
 class Phase:
@@ -119,7 +130,7 @@ class Phase:
         self.checkpoint_seconds, self.progress, self.callback = checkpoint_seconds, progress, callback
         self.steps_per_epoch = count // self.batch_size  # the ragged tail is dropped: every step sees a full batch
         self.total_steps = self.steps_per_epoch * epochs
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.99), weight_decay=weight_decay)
+        self.optimizer = make_optimizer(model, learning_rate, weight_decay)
         self.ema = EMA(model, ema_decay) if ema_decay else None
         self.step = 0
         self.history: list[dict] = []
@@ -189,12 +200,23 @@ class Phase:
                 _, index, slot = key.split(".", 2)
                 optim_state.setdefault(int(index), {})[slot] = value
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        self._match_parameter_layouts()
         self.step, self.history = int(state["step"]), state["history"]
         self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
         self.train_elapsed = float(state.get("train_elapsed", 0.0))
         self.epoch_loss = float(state.get("epoch_loss", 0.0))
         log.info("%s: resumed at step %d of %d", self.name, self.step, self.total_steps)
         return True
+
+    def _match_parameter_layouts(self) -> None:
+        """Give the loaded moment tensors their parameter's memory layout (checkpoints store them contiguous, the
+        parameters of a channels-last model are not; the fused optimizer needs both alike)."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                slots = self.optimizer.state.get(param, {})
+                for key, value in slots.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        slots[key] = torch.empty_like(param).copy_(value)
 
     # ------------------------------------------------------------------ running
 
