@@ -16,8 +16,9 @@ schedule and v-prediction.
 Coarse to fine: the autoencoder is convolutional, so from 64 px up it first trains on the images halved in
 size (2 x 2 averages), where an image costs a third as much, then on the images themselves; half of its
 time goes to each size (``COARSE_SHARE``). Held-out icons at 64 px: 28.3 dB (PCA 25.6 dB) where 64 px
-alone reached 23.6 dB; an autoencoder trained only at 32 px reached 28.8 dB on them. At 32 px, first training at 16 px cost 0.9 dB (25.1 vs 25.9 dB): halved, the icons lose too
-much, so smaller images train at full size only (``COARSE_MIN_SIDE``).
+alone reached 23.6 dB; an autoencoder trained only at 32 px reached 28.8 dB on them. At 32 px, first
+training at 16 px cost 0.9 dB (25.1 vs 25.9 dB): halved, the icons lose too much, so smaller images train
+at full size only (``COARSE_MIN_SIDE``).
 """
 
 from __future__ import annotations
