@@ -217,9 +217,10 @@ def _remove_checkpoints(out: Path) -> None:
     shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
 
 
-def _phase_done(checkpoints: Path, phase: str, identity: dict, folder: Path) -> dict | None:
+def _phase_done(checkpoints: Path, phase: str, identity: dict, output: Path) -> dict | None:
+    """The done marker of ``phase`` when it belongs to this run and the phase's ``output`` file exists."""
     marker = checkpoints / f"{phase}.done.json"
-    if marker.exists() and (folder / "config.json").exists():
+    if marker.exists() and output.exists():
         stored = read_json(marker)
         if stored.get("identity") == _jsonable(identity):
             return stored
@@ -236,7 +237,7 @@ def _autoencoder_phase(plan: Plan, train_pixels, val_pixels, identity, checkpoin
                        checkpoint_seconds, progress, callback, out: Path):
     from diffusers import AutoencoderKL
 
-    done = _phase_done(checkpoints, "autoencoder", identity, out / "vae")
+    done = _phase_done(checkpoints, "autoencoder", identity, out / "vae" / "config.json")
     if done:
         log.info("autoencoder: already trained by an earlier run; loading %s", out / "vae")
         vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).to(device).eval()
@@ -271,10 +272,11 @@ def _coarse_stage(plan: Plan, vae, train_pixels, val_pixels, checkpoints: Path, 
         return None
     from safetensors.torch import load_file, save_file
 
-    weights, marker = checkpoints / "autoencoder-coarse.done.safetensors", checkpoints / "autoencoder-coarse.done.json"
-    if marker.exists() and weights.exists() and read_json(marker).get("identity") == _jsonable(options["identity"]):
+    weights = checkpoints / "autoencoder-coarse.done.safetensors"
+    done = _phase_done(checkpoints, "autoencoder-coarse", options["identity"], weights)
+    if done:
         vae.load_state_dict(load_file(str(weights)))
-        return PhaseResult(**read_json(marker)["result"])
+        return PhaseResult(**done["result"])
     small_train, small_val = ae_phase.halve(train_pixels), ae_phase.halve(val_pixels).to(device)
     phase = Phase(
         "autoencoder-coarse", vae, len(small_train), ae_phase.make_step(vae, small_train, device=device),
@@ -283,10 +285,9 @@ def _coarse_stage(plan: Plan, vae, train_pixels, val_pixels, checkpoints: Path, 
     )
     result = phase.run()
     phase.restore_best()
-    vae.train()
     with atomic_path(weights) as tmp:
         save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
-    write_json(marker, {"identity": options["identity"], "result": dataclasses.asdict(result)})
+    write_json(checkpoints / "autoencoder-coarse.done.json", {"identity": options["identity"], "result": dataclasses.asdict(result)})
     return result
 
 
@@ -294,7 +295,7 @@ def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpo
                     checkpoint_seconds, progress, callback, out: Path) -> dict:
     from diffusers import UNet2DModel
 
-    done = _phase_done(checkpoints, "denoiser", identity, out / "unet")
+    done = _phase_done(checkpoints, "denoiser", identity, out / "unet" / "config.json")
     if done:
         return done["record"]
     scheduler = dn_phase.build_scheduler()
