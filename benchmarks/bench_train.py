@@ -32,7 +32,7 @@ from latentscope.datasets import digits_array  # noqa: E402
 from latentscope.denoiser import Denoiser  # noqa: E402
 from latentscope.training import autoencoder as ae_phase  # noqa: E402
 from latentscope.training import make_plan, train  # noqa: E402
-from latentscope.training.plan import AE_IMAGES_SEEN  # noqa: E402
+from latentscope.training.plan import AE_IMAGES_SEEN, COARSE_SHARE  # noqa: E402
 from latentscope.training.loop import Phase, make_optimizer  # noqa: E402
 from latentscope.training.metrics import psnr  # noqa: E402
 
@@ -204,9 +204,9 @@ def render(results: dict, command: str) -> str:
                 f"{c['margin']:+.2f} dB | {_epochs_text(c)} | {c['seconds'] / 60:.1f} min |"
             )
         lines += ["", "Target: AE at least 3 dB above PCA within 10 minutes of training on 2 idle CPU cores. The automatic plan",
-                  f"trains for the time of {AE_IMAGES_SEEN:,} images at 32 px (fewer images at larger sizes: cost per image ~ 560 + pixels, times the model's base "
-                  "width); from 64 px up, half of that time goes to the images halved in size, then half to full size; in epochs of the images left after the 10 % "
-                  "validation split; every row ran that plan on an otherwise idle machine.", ""]
+                  f"trains for the time of {AE_IMAGES_SEEN:,} images at 32 px (fewer images at larger sizes, by measured step times per pixel count, times "
+                  f"the model's base width); from 64 px up, {COARSE_SHARE:.0%} of that time goes to the images halved in size, the rest to full size; in "
+                  "epochs of the images left after the 10 % validation split; every row ran that plan on an otherwise idle machine.", ""]
     if "speed" in results:
         s = results["speed"]
         lines += [

@@ -142,11 +142,13 @@ def test_plan_chooses_sizes_from_image_size_and_count():
 
 
 def test_plan_splits_the_autoencoder_time_between_half_and_full_size():
-    from latentscope.training.plan import AE_IMAGES_SEEN, relative_cost
+    from latentscope.training.plan import AE_IMAGES_SEEN, COARSE_SHARE, relative_cost
 
     plan = make_plan((64, 64), 1600)
     assert plan.coarse_size == (32, 32) and plan.coarse_epochs > plan.epochs > 0  # half-size images cost less
-    seconds = 1600 * (plan.coarse_epochs * relative_cost(32, 16) + plan.epochs * relative_cost(64, 16))
+    coarse_seconds = 1600 * plan.coarse_epochs * relative_cost(32, 16)
+    seconds = coarse_seconds + 1600 * plan.epochs * relative_cost(64, 16)
+    assert coarse_seconds / seconds == pytest.approx(COARSE_SHARE, abs=0.1)
     full_size_only = make_plan((64, 64), 1600, coarse_epochs=0)
     assert seconds == pytest.approx(1600 * full_size_only.epochs * relative_cost(64, 16), rel=0.15)  # the same time
     assert full_size_only.epochs * 1600 == pytest.approx(AE_IMAGES_SEEN / relative_cost(64, 16), rel=0.15)
