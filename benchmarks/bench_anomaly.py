@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -239,9 +240,9 @@ def main() -> None:
 
 def render(rows, described, sweeps, speed, methods, quick: bool) -> str:
     lines = ["## Anomaly scores (`latentscope score`, `latentscope eval-anomaly`)", "",
-             f"Command: `{command_line()}`  ", f"Machine: {machine_line()}. The machine was shared with other jobs "
-             "(load average 5 to 11 during the run), so absolute times are several times an idle machine's; the "
-             "throughput ratio compares times taken in the same conditions.", ""]
+             f"Command: `{command_line()}`  ", f"Machine: {machine_line()}; 1-minute load average {os.getloadavg()[0]:.1f} "
+             "at the end of the run (absolute times depend on the machine's other work; the throughput ratio compares "
+             "times taken in the same conditions).", ""]
     if quick:
         lines += ["**Quick run (small pools): figures not comparable with a full run.**", ""]
     lines += ["Data: " + "; ".join(described) + ". Semantic cases: one held-out class against the unseen normal images "
@@ -249,8 +250,9 @@ def render(rows, described, sweeps, speed, methods, quick: bool) -> str:
               "defect each (blob, scratch, blur, colour shift, noise patch, in turn). Every model comes from "
               "`latentscope.train` on the task's normal training split only; baselines fit on the same split.", "",
               f"Default diffusion score: levels {list(DEFAULT_LEVELS)}, {DEFAULT_STEPS} DDIM steps, {DEFAULT_DRAWS} draws, "
-              "terms `local` (top 1% of the calibrated heatmap) and `density` (latent kNN distance), combined as the "
-              "largest tail surprise against the reference images.", "",
+              "terms `local` (top 1% of the heatmap, each image's error maps z-scored against those of its 16 nearest "
+              "reference images in latent space) and `density` (latent kNN distance), combined as the largest tail "
+              "surprise against the reference images.", "",
               "### Image AUROC (best in bold)", "",
               "| task | protocol | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for row in rows:

@@ -166,7 +166,7 @@ def test_multi_level_z_scoring_matches_numpy():
     test = LevelErrors(rng.gamma(2.0, 1.5, (7, 3, 6, 6)).astype(np.float32), rng.gamma(2.0, 1.5, (7, 3)).astype(np.float32))
     ref_latents, test_latents = rng.normal(size=(50, 2, 2, 2)), rng.normal(size=(7, 2, 2, 2)) * 1.5
     terms = ("local", "global", "latent", "density")
-    scorer = DiffusionScore(None, None, levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36, terms=terms, k=3)
+    scorer = DiffusionScore(None, None, levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36, terms=terms, k=3, neighbours=0)
     scorer.fit_errors(ref, ref_latents, np.arange(50))
     out = scorer.score_errors(test, test_latents, np.arange(100, 107))
 
@@ -204,6 +204,33 @@ def test_multi_level_z_scoring_matches_numpy():
                  numpy_tail_surprise(latent_term, ref_latent),
                  numpy_tail_surprise(density_term, robust_z(ref_density_raw, ref_density_raw))]
     np.testing.assert_allclose(out.scores, np.max(surprises, axis=0), rtol=1e-4)
+
+
+def test_neighbour_calibration_matches_numpy():
+    """Each image's z-map uses the median / MAD of its nearest reference images' maps (never its own), with the floor."""
+    rng = np.random.default_rng(2)
+    ref = LevelErrors(rng.gamma(2.0, 1.0, (40, 2, 5, 5)).astype(np.float32), rng.gamma(2.0, 1.0, (40, 2)).astype(np.float32))
+    test = LevelErrors(rng.gamma(2.0, 1.5, (6, 2, 5, 5)).astype(np.float32), rng.gamma(2.0, 1.5, (6, 2)).astype(np.float32))
+    ref_latents, test_latents = rng.normal(size=(40, 3, 2, 2)), rng.normal(size=(6, 3, 2, 2))
+    test_ids = np.array([3, 100, 101, 102, 103, 104])  # the first is reference image 3 itself: it must not use its own map
+    scorer = DiffusionScore(None, None, levels=(0.0, 0.2), smoothing=0.0, floor=0.5, terms=("local",), neighbours=6)
+    out = scorer.fit_errors(ref, ref_latents, np.arange(40)).score_errors(test, test_latents, test_ids)
+
+    global_median = np.median(ref.maps, axis=0)
+    global_scale = MAD_TO_SIGMA * np.median(np.abs(ref.maps - global_median), axis=0)
+    floor = 0.5 * np.sqrt(np.mean(global_scale.reshape(2, -1) ** 2, axis=1))[:, None, None]
+    expected = []
+    for latent, image_id, maps in zip(test_latents, test_ids, test.maps):
+        distances = np.linalg.norm(ref_latents.reshape(40, -1) - latent.reshape(1, -1), axis=1)
+        distances[np.arange(40) == image_id] = np.inf
+        near = ref.maps[np.argsort(distances)[:6]]
+        median = np.median(near, axis=0)
+        scale = MAD_TO_SIGMA * np.median(np.abs(near - median), axis=0)
+        expected.append(((maps - median) / np.sqrt(scale**2 + floor**2)).mean(axis=0))
+    np.testing.assert_allclose(out.maps, np.array(expected), rtol=1e-4, atol=1e-5)
+    loaded = DiffusionScore(None, None, levels=(0.0, 0.2), smoothing=0.0, terms=("local",), neighbours=6)
+    loaded.load_calibration(scorer.calibration())
+    np.testing.assert_allclose(loaded.heatmaps(test, test_latents, test_ids), out.maps, rtol=1e-6)
 
 
 def test_calibration_round_trips_through_plain_arrays():

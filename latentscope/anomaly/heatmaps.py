@@ -81,11 +81,13 @@ class Heatmaps:
             from .diffusion import DiffusionScore
 
             codec, denoiser = resolve_models(self.scope, self.model or self.params.get("model"), True, self.device)
-            keys = ("levels", "steps", "draws", "seed", "smoothing", "floor", "top_k", "terms", "k")
-            self._scorer = DiffusionScore(codec, denoiser, **{k: self.params[k] for k in keys if k in self.params})
+            keys = ("levels", "steps", "draws", "seed", "smoothing", "floor", "top_k", "terms", "k", "neighbours")
+            options = {"neighbours": 0, **{k: self.params[k] for k in keys if k in self.params}}  # 0: scores from before it
+            self._scorer = DiffusionScore(codec, denoiser, **options)
             with np.load(self.paths["calibration"], allow_pickle=False) as stored:
                 self._scorer.load_calibration({k: stored[k] for k in stored.files})
-        return self._scorer.heatmaps(self._scorer.measure(self.images.batch([image_id])))[0]
+        batch = self.images.batch([image_id])
+        return self._scorer.heatmaps(self._scorer.measure(batch), batch.latents, batch.ids)[0]
 
     def overlay(self, image_id: int) -> np.ndarray:
         """RGB uint8 overlay of the image's heatmap on the image, at least ``display_side`` pixels on its long side."""

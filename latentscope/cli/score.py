@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--terms", nargs="+", choices=("local", "global", "latent", "density"),
                         help="image terms combined into the score (default: local density)")
     parser.add_argument("--top-k", type=fraction, help="share of the heatmap averaged into the local term (default 0.01)")
+    parser.add_argument("--neighbours", type=non_negative_int, help="nearest reference images (in latent space) whose "
+                        "error maps calibrate each image's heatmap; 0 = all reference images (default 16)")
     parser.add_argument("--reference", help="scope of known-normal images (same model) to calibrate against "
                         "(default: a sample of SCOPE itself)")
     parser.add_argument("--reference-size", type=positive_int, default=512, help="reference images used (default 512)")
@@ -48,7 +50,8 @@ def register(subparsers) -> None:
 
 def diffusion_options(args: argparse.Namespace) -> dict:
     """Options the user set (unset ones keep the library's defaults)."""
-    chosen = {"levels": args.levels, "steps": args.steps, "draws": args.draws, "top_k": args.top_k, "terms": args.terms}
+    chosen = {"levels": args.levels, "steps": args.steps, "draws": args.draws, "top_k": args.top_k, "terms": args.terms,
+              "neighbours": args.neighbours}
     options = {k: v for k, v in chosen.items() if v is not None}
     if options and args.method != "diffusion":
         raise_option_error(f"--{next(iter(options)).replace('_', '-')} applies to --method diffusion only")
