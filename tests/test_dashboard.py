@@ -20,6 +20,7 @@ from latentscope.dashboard import create_app  # noqa: E402
 from latentscope.dashboard.figures import OVERLAYS  # noqa: E402
 from latentscope.dashboard.jobs import JobManager  # noqa: E402
 from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS  # noqa: E402
+from latentscope.dashboard.routes import COMPILE_HINT, PLOTLY_JS  # noqa: E402
 from latentscope.dashboard.security import choose_token, is_loopback  # noqa: E402
 from latentscope.errors import InputError  # noqa: E402
 
@@ -194,6 +195,15 @@ def test_routes_serve_only_manifest_ids(client, cb):
     assert "id" in client.get(f"/info/{image_id}").get_json()["text"]
     for path in TRAVERSAL_ATTEMPTS:
         assert client.get(path).status_code == 404, path
+
+
+def test_page_preloads_plotly_which_is_served_with_a_compile_hint(client):
+    page = client.get("/").get_data(as_text=True)
+    assert f'<link rel="preload" href="/{PLOTLY_JS}" as="script">' in page
+    served = client.get("/" + PLOTLY_JS)
+    assert served.status_code == 200 and served.mimetype == "text/javascript"
+    assert served.data.startswith(COMPILE_HINT) and b"plotly.js v" in served.data[:200]
+    assert client.get("/" + PLOTLY_JS, headers={"If-None-Match": served.headers["ETag"]}).status_code == 304
 
 
 def test_token_required_off_loopback(explorer_scope):
