@@ -1,4 +1,5 @@
-"""Plain HTTP routes beside the Dash callbacks: thumbnails, images, decodes, job files.
+"""Plain HTTP routes beside the Dash callbacks: thumbnails, images, decodes, job files, and plotly.js
+(Dash's own copy, served with a compile hint for a faster first visit).
 
 Every image route takes an integer id and serves it only when the id is on the
 map (Flask's ``int`` converter already refuses anything else, so there is no
