@@ -76,6 +76,27 @@ def test_page_loads_without_console_errors(explorer):
         "const c = document.querySelector('#map canvas.gl-canvas-focus');"
         "return [c.width, c.getBoundingClientRect().width * window.devicePixelRatio];")
     assert abs(widths[0] - widths[1]) <= 1
+    # plotly.js is the page's own deferred script, loaded once: dcc.Graph waited for it rather than adding a copy
+    assert dash_duo.driver.execute_script(
+        "return [...document.scripts].filter((s) => s.src.includes('plotly.min.js')).map((s) => s.id)") == ["plotly-js"]
+
+
+def test_map_waits_for_a_slow_plotly_without_loading_a_second_copy(dash_duo, explorer_scope):
+    """The layout arrives long before plotly.js: the map's Graph mounts while ``window.Plotly`` is still the
+    page's placeholder, and must wait for the deferred script rather than add its own."""
+    app = create_app(explorer_scope, device="cpu")
+    serve_plotly = app.server.view_functions["latentscope_plotly_js"]
+
+    def slow_plotly():
+        time.sleep(3)
+        return serve_plotly()
+
+    app.server.view_functions["latentscope_plotly_js"] = slow_plotly
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=30)
+    assert dash_duo.driver.execute_script(
+        "return [...document.scripts].filter((s) => s.src.includes('plotly.min.js')).length") == 1
+    assert dash_duo.get_logs() == []
 
 
 def test_hover_shows_thumbnail(explorer):

@@ -197,9 +197,10 @@ def test_routes_serve_only_manifest_ids(client, cb):
         assert client.get(path).status_code == 404, path
 
 
-def test_page_preloads_plotly_which_is_served_with_a_compile_hint(client):
+def test_page_loads_plotly_early_which_is_served_with_a_compile_hint(client):
     page = client.get("/").get_data(as_text=True)
-    assert f'<link rel="preload" href="/{PLOTLY_JS}" as="script">' in page
+    assert f'<script id="plotly-js" src="/{PLOTLY_JS}" defer></script>' in page
+    assert page.index('id="plotly-js"') < page.index("window.Plotly = window.Plotly ||") < page.index("_dash-renderer")
     served = client.get("/" + PLOTLY_JS)
     assert served.status_code == 200 and served.mimetype == "text/javascript"
     assert served.data.startswith(COMPILE_HINT) and b"plotly.js v" in served.data[:200]

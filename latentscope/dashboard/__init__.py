@@ -57,7 +57,7 @@ def create_app(
         routes_pathname_prefix=prefix,
         serve_locally=True,
     )
-    app.index_string = _preload(app.index_string, prefix + PLOTLY_JS)
+    app.index_string = _load_plotly_early(app.index_string, prefix + PLOTLY_JS)
     jobs = JobManager()
     heatmaps = _heatmaps(data)
     callbacks = Callbacks(data, jobs, heatmaps=heatmaps)
@@ -69,11 +69,32 @@ def create_app(
     return app
 
 
-def _preload(index_string: str, script_url: str) -> str:
-    """Fetch a script from the page's first moment. dcc.Graph asks for plotly.js only once the layout has
-    arrived and the map mounts; on a first visit its 4.8 MB download and parse then lay on the critical path."""
-    link = f'<link rel="preload" href="{script_url}" as="script">'
-    return index_string.replace("{%css%}", "{%css%}\n        " + link, 1)
+def _load_plotly_early(index_string: str, script_url: str) -> str:
+    """Load plotly.js from the page's first moment, as a deferred script. dcc.Graph asks for it only once the
+    layout has arrived and the map mounts; on a first visit its 4.8 MB download, compile and evaluation then lay
+    on the critical path. Deferred, it downloads and compiles on a background thread while Dash's scripts run,
+    and evaluates while the layout is fetched. Until it has run, ``window.Plotly`` is a thenable that settles
+    with the script, so a Graph that mounts first waits for it instead of loading a second copy."""
+    tags = f"""<script id="plotly-js" src="{script_url}" defer></script>
+        <script>{PLOTLY_PENDING_JS}</script>"""
+    return index_string.replace("{%css%}", "{%css%}\n        " + tags, 1)
+
+
+# dcc.Graph loads plotly with ``Promise.resolve(window.Plotly || <its own script tag>)``; plotly.js replaces
+# window.Plotly with itself when it runs.
+PLOTLY_PENDING_JS = """(function () {
+            const script = document.getElementById('plotly-js'), waiting = [];
+            let outcome = null;
+            const settle = (ok, value) => {
+                outcome = [ok, value];
+                waiting.splice(0).forEach(([resolve, reject]) => (ok ? resolve : reject)(value));
+            };
+            script.addEventListener('load', () => settle(true));
+            script.addEventListener('error', () => settle(false, new Error('plotly.js did not load from ' + script.src)));
+            window.Plotly = window.Plotly || {then(resolve, reject) {
+                if (outcome) { (outcome[0] ? resolve : reject)(outcome[1]); } else { waiting.push([resolve, reject]); }
+            }};
+        })();"""
 
 
 def _heatmaps(data):

@@ -78,8 +78,8 @@ window.latentscopeShowMarks = function (update) {
         return true;
     };
     if (configure()) { return; }
-    // dcc.Graph loads plotly.js when the map mounts and draws from the script's onload handler; a capturing
-    // listener on the document runs before that handler.
+    // The page loads plotly.js as a deferred script, and the map draws once that script's load handler has let
+    // dcc.Graph go on; a capturing listener on the document runs before that handler.
     const onLoad = (event) => {
         if (event.target.tagName === 'SCRIPT' && configure()) { document.removeEventListener('load', onLoad, true); }
     };
