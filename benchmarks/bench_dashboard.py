@@ -393,14 +393,18 @@ def main() -> None:
         "",
         f"Page ready runs from navigation to the map's points drawn. Where a first visit's time goes (a second fresh "
         f"browser with a devtools trace, which slows it a little: {breakdown['traced_total']:.2f} s): evaluating "
-        f"plotly.js (the 4.8 MB bundle that dcc.Graph loads; Chromium caches its compiled code for later visits) "
+        f"plotly.js (the 4.8 MB bundle the map draws with; Chromium caches its compiled code for later visits) "
         f"{breakdown['plotly_eval']:.2f} s, evaluating the other scripts (React, Dash) {breakdown['other_eval']:.2f} s, "
-        f"waiting for the software WebGL raster of the points {breakdown['webgl_raster']:.2f} s. The page preloads "
-        f"plotly.js from its first moment and serves it with V8's compile hint (its functions compile on a background "
-        f"thread), and the points are drawn at the screen's pixel ratio rather than plotly's default of twice it; "
-        f"measured alone, alternated with the code before them: preload and hint took a first visit from 3.97 to 3.63 s "
-        f"(medians of 9 fresh browsers), and the pixel ratio took plotting 100,000 points from 0.8 to 0.4 s and their "
-        f"raster from 1.2 to 0.6 s (one browser, 4 rounds, on a busier machine).",
+        f"waiting for the software WebGL raster of the points {breakdown['webgl_raster']:.2f} s. Three changes made "
+        f"the first visit faster, each measured alone against the code before it, alternating fresh browsers: "
+        f"preloading plotly.js from the page's first moment and serving it with V8's compile hint (its functions "
+        f"compile on a background thread) took it from 3.97 to 3.63 s (medians of 9), on a slower day of this shared "
+        f"machine; loading plotly.js as a deferred script of the page instead of a preload (it then compiles while "
+        f"Dash's scripts run, and runs while the layout is fetched) from 2.88 to 2.63 s (medians of 6); and drawing "
+        f"the points at the screen's pixel ratio rather than plotly's default of twice it took plotting 100,000 points "
+        f"from 0.8 to 0.4 s and their raster from 1.2 to 0.6 s (one browser, 4 rounds). This shared machine's speed "
+        f"varies through the day, and the first visit with it: within two hours of the run above, the same code's "
+        f"first visits had medians of 2.68 s (12 fresh browsers, 10 of them under 3 s), 3.31 s (8) and 3.18 s (5).",
     ])
     print(markdown)
     if not args.quick:
