@@ -19,6 +19,7 @@ from dash.exceptions import PreventUpdate  # noqa: E402
 from latentscope.dashboard import create_app  # noqa: E402
 from latentscope.dashboard.figures import OVERLAYS  # noqa: E402
 from latentscope.dashboard.jobs import JobManager  # noqa: E402
+from latentscope.dashboard.layout import threshold_range  # noqa: E402
 from latentscope.dashboard.loadtest import TRAVERSAL_ATTEMPTS  # noqa: E402
 from latentscope.dashboard.routes import COMPILE_HINT, PLOTLY_JS  # noqa: E402
 from latentscope.dashboard.security import choose_token, is_loopback  # noqa: E402
@@ -153,6 +154,15 @@ def test_anomaly_threshold_and_table(cb):
     rows = cb.table_rows("score:default")
     assert rows[0]["score"] == pytest.approx(scores.max())
     assert cb.table_focus({"row": 0, "column": 0}, rows) == rows[0]["id"]
+
+
+@pytest.mark.parametrize("values", [[1.446, 2.18220471], [0.00103, 0.00347], [-3.21, 120.7], [5.0, 5.0]])
+def test_threshold_slider_has_round_ends_around_the_scores(values):
+    low, high, step = threshold_range(np.array(values))
+    assert low <= min(values) and high >= max(values) and step > 0
+    assert (high - low) / step <= 401 and (max(values) - min(values)) / step >= 100 or values[0] == values[1]
+    for number in (low, high, step):
+        assert len(repr(number)) <= 8, number  # short enough for the slider's input box
 
 
 def test_heatmaps_of_the_default_score_are_served_and_shown(explorer_scope, tmp_path, client, cb):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dash import dash_table, dcc, html
 
 from .data import ExplorerData
@@ -127,10 +129,24 @@ def selection_tab() -> dcc.Tab:
     )
 
 
+def threshold_range(values) -> tuple[float, float, float]:
+    """The threshold slider's ends and step: a round step of about 1/200 of the scores' range, and ends on that
+    step around the scores, so the slider's input box shows short numbers (2.19, not 2.1822047)."""
+    low, high = float(values.min()), float(values.max())
+    span = high - low
+    if not span > 0:
+        return low, low + 1.0, 1.0
+    step = 10.0 ** math.floor(math.log10(span / 200))
+    step *= next(m for m in (5, 2, 1) if m * step <= span / 200)
+    decimals = max(0, -math.floor(math.log10(step)))
+    return (round(math.floor(low / step) * step, decimals), round(math.ceil(high / step) * step, decimals),
+            round(step, decimals))
+
+
 def anomalies_tab(data: ExplorerData) -> dcc.Tab:
     score = data.default_score_column
     values = data.points[score].dropna() if score else None
-    low, high = (float(values.min()), float(values.max())) if values is not None and len(values) else (0.0, 1.0)
+    low, high, step = threshold_range(values) if values is not None and len(values) else (0.0, 1.0, 0.01)
     hidden = {} if score else {"display": "none"}
     body = [
         html.P(f"No anomaly scores yet: run 'latentscope score {data.scope.path}'.", className="hint",
@@ -138,7 +154,7 @@ def anomalies_tab(data: ExplorerData) -> dcc.Tab:
         html.Div(
             [
                 _control("Highlight scores above", dcc.Slider(id="anomaly-threshold", min=low, max=high, value=high,
-                                                              step=(high - low) / 200 or 1, marks=None,
+                                                              step=step, marks=None,
                                                               tooltip={"placement": "bottom"}), "100%"),
                 html.Div(id="anomaly-count", className="hint"),
                 dash_table.DataTable(
