@@ -131,7 +131,7 @@ def selection_tab() -> dcc.Tab:
 
 def threshold_range(values) -> tuple[float, float, float]:
     """The threshold slider's ends and step: a round step of about 1/200 of the scores' range, and ends on that
-    step around the scores, so the slider's input box shows short numbers (2.19, not 2.1822047)."""
+    step around the scores, so the slider's input box shows short numbers (2.184, not 2.1822047)."""
     low, high = float(values.min()), float(values.max())
     span = high - low
     if not span > 0:
