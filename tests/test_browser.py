@@ -77,8 +77,12 @@ def test_page_loads_without_console_errors(explorer):
         "return [c.width, c.getBoundingClientRect().width * window.devicePixelRatio];")
     assert abs(widths[0] - widths[1]) <= 1
     # plotly.js is the page's own deferred script, loaded once: dcc.Graph waited for it rather than adding a copy
-    assert dash_duo.driver.execute_script(
-        "return [...document.scripts].filter((s) => s.src.includes('plotly.min.js')).map((s) => s.id)") == ["plotly-js"]
+    assert plotly_script_ids(dash_duo) == ["plotly-js"]
+
+
+def plotly_script_ids(dash_duo) -> list[str]:
+    return dash_duo.driver.execute_script(
+        "return [...document.scripts].filter((s) => s.src.includes('plotly.min.js')).map((s) => s.id)")
 
 
 def test_map_waits_for_a_slow_plotly_without_loading_a_second_copy(dash_duo, explorer_scope):
@@ -94,8 +98,7 @@ def test_map_waits_for_a_slow_plotly_without_loading_a_second_copy(dash_duo, exp
     app.server.view_functions["latentscope_plotly_js"] = slow_plotly
     dash_duo.start_server(app)
     dash_duo.wait_for_element("#map .main-svg", timeout=30)
-    assert dash_duo.driver.execute_script(
-        "return [...document.scripts].filter((s) => s.src.includes('plotly.min.js')).length") == 1
+    assert len(plotly_script_ids(dash_duo)) == 1
     assert dash_duo.get_logs() == []
 
 

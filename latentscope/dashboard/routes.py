@@ -34,10 +34,13 @@ def _image(data: bytes | None, mimetype: str, cache: str = IMAGE_CACHE) -> Respo
 
 
 @cache
-def plotly_js_with_compile_hint() -> bytes:
+def plotly_js_with_compile_hint() -> tuple[bytes, str]:
+    """The script and its ETag, computed once: hashing 4.8 MB for every page load would be waste."""
     import plotly
+    from werkzeug.http import generate_etag
 
-    return COMPILE_HINT + (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    script = COMPILE_HINT + (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    return script, generate_etag(script)
 
 
 def hover_text(data: ExplorerData, image_id: int) -> str:
@@ -91,8 +94,9 @@ def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = 
 
     def plotly_js():
         """Dash's own copy of plotly.js, with the compile hint; revalidated by ETag like Dash's unversioned files."""
-        response = Response(plotly_js_with_compile_hint(), mimetype="text/javascript")
-        response.add_etag()
+        script, etag = plotly_js_with_compile_hint()
+        response = Response(script, mimetype="text/javascript")
+        response.set_etag(etag)
         return response.make_conditional(request)
 
     owned = tuple(prefix + p for p in ("thumb/", "image/", "recon/", "heatmap/", "info/", "jobs/"))
