@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.anomaly_data import MODEL_DIR, Task, digits_task, photos_task  # noqa: E402
 from benchmarks.results import command_line, machine_line, write_section  # noqa: E402
 from latentscope.anomaly import DEFAULT_DRAWS, DEFAULT_LEVELS, DEFAULT_STEPS, Batch, DiffusionScore  # noqa: E402
+from latentscope.anomaly.diffusion import DEFAULT_TERMS  # noqa: E402
 from latentscope.anomaly.evaluate import Case, Pool, case_metrics, defect_case, semantic_cases  # noqa: E402
 from latentscope.anomaly.reconstruct import LevelErrors, Reconstructor  # noqa: E402
 from latentscope.anomaly.stage import build_method  # noqa: E402
@@ -131,6 +132,8 @@ def tasks(names) -> list[Task]:
     return [known[n] for n in names]
 
 
+TERM_SETS = [("local", "density"), ("local", "density", "style"), ("density", "style"), ("local",), ("density",),
+             ("style",)]
 SWEEP = [((0.0,), 1), ((0.0, 0.1), 1), ((0.0, 0.1), 4), ((0.0, 0.1, 0.25), 1), ((0.0, 0.1, 0.25), 4),
          ((0.0, 0.1, 0.25, 0.5), 4)]
 
@@ -199,7 +202,7 @@ def main() -> None:
     sizes = (dict(reference_size=64, max_normal=60, max_per_class=30) if args.quick
              else dict(reference_size=512, max_normal=300, max_per_class=120))
     methods = ("diffusion", *BASELINES)
-    rows, described, sweeps = [], [], {}
+    rows, described, sweeps, ablation = [], [], {}, {}
     for task in tasks(args.tasks):
         prepared = Prepared(task, **sizes)
         n_normal = len(prepared.pool.cases[0].normal)
@@ -220,6 +223,11 @@ def main() -> None:
                 row[name + ":f1"] = protocol_means(per_method[name], "f1_max").get(protocol)
             rows.append(row)
             log.info("%s %s: %s", task.name, protocol, {m: round(row[m], 3) for m in methods})
+        ablation[task.name] = {terms: protocol_means(metrics(prepared.pool, prepared.diffusion(terms=terms)))
+                               for terms in TERM_SETS}
+        everyone = metrics(prepared.pool, prepared.diffusion(neighbours=0))
+        ablation[task.name]["all reference maps"] = {"defects": protocol_means(everyone)["defects"],
+                                                     "pixel": protocol_means(everyone, "pixel_auroc")["defects"]}
         if task.name in args.sweep_tasks:
             sweeps[task.name] = []
             for levels, draws in SWEEP:
@@ -230,7 +238,7 @@ def main() -> None:
                                           **calls(prepared, levels, DEFAULT_STEPS, draws)})
                 log.info("sweep %s %s draws %d: %s", task.name, levels, draws, means)
     speed = throughput(tasks(args.tasks[:1])[0], args.throughput_images) if args.throughput_images else None
-    section = render(rows, described, sweeps, speed, methods, args.quick)
+    section = render(rows, described, sweeps, ablation, speed, methods, args.quick)
     if args.no_write:
         print(section)
     else:
@@ -238,7 +246,7 @@ def main() -> None:
         print(section)
 
 
-def render(rows, described, sweeps, speed, methods, quick: bool) -> str:
+def render(rows, described, sweeps, ablation, speed, methods, quick: bool) -> str:
     lines = ["## Anomaly scores (`latentscope score`, `latentscope eval-anomaly`)", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine_line()}; 1-minute load average {os.getloadavg()[0]:.1f} "
              "at the end of the run (absolute times depend on the machine's other work; the throughput ratio compares "
@@ -251,8 +259,9 @@ def render(rows, described, sweeps, speed, methods, quick: bool) -> str:
               "`latentscope.train` on the task's normal training split only; baselines fit on the same split.", "",
               f"Default diffusion score: levels {list(DEFAULT_LEVELS)}, {DEFAULT_STEPS} DDIM steps, {DEFAULT_DRAWS} draws, "
               "terms `local` (top 1% of the heatmap, each image's error maps z-scored against those of its 16 nearest "
-              "reference images in latent space) and `density` (latent kNN distance), combined as the largest tail "
-              "surprise against the reference images.", "",
+              "reference images in latent space), `density` (latent kNN distance) and `style` (kNN distance of the "
+              "latents' per-channel means and spreads), combined as the largest tail surprise against the reference "
+              "images.", "",
               "### Image AUROC (best in bold)", "",
               "| task | protocol | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for row in rows:
@@ -286,6 +295,25 @@ def render(rows, described, sweeps, speed, methods, quick: bool) -> str:
         lines.append(f"- digits defects: image AUROC {d_img:.3f} (target 0.99: {'met' if d_img >= 0.99 else 'NOT met'}), "
                      f"pixel AUROC {d_pix:.3f} (target 0.95: {'met' if d_pix >= 0.95 else 'NOT met'})")
         lines.append(f"- digits semantic mean AUROC {sem:.3f} (target 0.98: {'met' if sem >= 0.98 else 'NOT met'})")
+    rows_by = {(r["task"], r["protocol"]): r for r in rows}
+    if ablation:
+        term_sets = [t for t in next(iter(ablation.values())) if isinstance(t, tuple)]
+        lines += ["", "### Terms of the score (image AUROC, semantic / defects; default levels, steps and draws)", "",
+                  "| task | " + " | ".join(" + ".join(t) + (" (default)" if t == DEFAULT_TERMS else "") for t in term_sets) + " |",
+                  "|---|" + "---|" * len(term_sets)]
+        for task, by_terms in ablation.items():
+            lines.append(f"| {task} | " + " | ".join(f"{fmt(m.get('semantic'))} / {fmt(m.get('defects'))}"
+                                                     for t, m in by_terms.items() if isinstance(t, tuple)) + " |")
+        lines += ["", "Each term alone is best on its own kind of anomaly (`local`: pasted defects; `density`: unseen digit "
+                  "classes; `style`: unseen photographs). The largest surprise over several terms also ranks high the "
+                  "normal images that happen to be unusual in any one of them, so the combination stays below the best "
+                  "single term on each protocol, and each added term costs a little on the protocols it does not serve.",
+                  "", "Heatmap calibration: each image's error maps are z-scored against those of its 16 nearest reference "
+                  "images (default) rather than against all of them (`neighbours=0`); defects image / pixel AUROC, "
+                  "16 nearest against all: " + "; ".join(
+                      f"{task} {fmt(rows_by[(task, 'defects')]['diffusion'])} / {fmt(rows_by[(task, 'defects')]['diffusion:pixel'])}"
+                      f" against {fmt(by_terms['all reference maps']['defects'])} / {fmt(by_terms['all reference maps']['pixel'])}"
+                      for task, by_terms in ablation.items()) + "."]
     if sweeps:
         lines += ["", "### Cost against quality (default score, 5 DDIM steps; calls per image)", "",
                   "| task | levels | draws | denoiser calls | decoder calls | semantic AUROC | defects AUROC | defects pixel AUROC |",

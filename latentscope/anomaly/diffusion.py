@@ -1,6 +1,6 @@
 """The diffusion reconstruction score: several noise levels, several draws, calibrated against normal images.
 
-Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and a density term):
+Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and latent density and style terms):
 
 1. :class:`~latentscope.anomaly.reconstruct.Reconstructor` reconstructs each
    image at every level ``t`` (level 0 is the autoencoder round trip), averaging
@@ -23,7 +23,12 @@ Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and a density
    ``density`` = mean distance to the ``k`` nearest reference latents (an image
    never counts as its own neighbour): how typical the image is for the scope,
    which reconstruction cannot tell when the autoencoder reconstructs an unseen
-   kind of image as well as the usual ones.
+   kind of image as well as the usual ones,
+   ``style`` = the same distance between the latents' per-channel means and
+   spreads over positions: how typical the image's overall colour, tone and
+   texture are, wherever things are placed (an image cut from an unseen
+   photograph is often near a normal latent position by position, but not in
+   its statistics).
 4. Terms live on different scales and have different tails, so each is turned
    into a *surprise* ``-log P(term >= value)`` under the reference's own
    distribution of that term: the empirical distribution below its 90th
@@ -48,8 +53,9 @@ from .reconstruct import LevelErrors, Reconstructor
 DEFAULT_LEVELS = (0.0, 0.1, 0.25)
 DEFAULT_STEPS = 5
 DEFAULT_DRAWS = 4
-TERMS = ("local", "global", "latent", "density")
-DEFAULT_TERMS = ("local", "density")
+TERMS = ("local", "global", "latent", "density", "style")
+DEFAULT_TERMS = ("local", "density", "style")
+REFERENCE_TERMS = ("density", "style")  # terms measured against the density reference's latents
 MAD_TO_SIGMA = 1.4826
 TAIL_QUANTILE = 0.9
 MAX_DENSITY_REFERENCE = 20_000
@@ -83,6 +89,13 @@ def tail_surprise(values: np.ndarray, reference: np.ndarray, quantile: float = T
     below = 1.0 - np.searchsorted(reference, values, side="left") / (len(reference) + 1.0)
     tail = -np.log(1.0 - quantile) + np.maximum(values - threshold, 0.0) / scale  # in log space: no underflow
     return np.where(values > threshold, tail, -np.log(np.maximum(below, 1.0 - quantile)))
+
+
+def latent_statistics(latents: np.ndarray) -> np.ndarray:
+    """N x 2C: each channel's mean and standard deviation over the latent's positions (the ``style`` term's space)."""
+    latents = np.asarray(latents, dtype=np.float32)
+    flat = latents.reshape(len(latents), latents.shape[1], -1)
+    return np.ascontiguousarray(np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1))
 
 
 def _nearest(queries: np.ndarray, query_ids: np.ndarray, reference: torch.Tensor, reference_ids: torch.Tensor, k: int):
@@ -122,7 +135,7 @@ def median(values: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class DiffusionScore(Method):
-    """Multi-level diffusion reconstruction score with per-position calibrated heatmaps and a latent density term.
+    """Multi-level diffusion reconstruction score with per-position calibrated heatmaps and latent density and style terms.
 
     Parameters
     ----------
@@ -132,8 +145,8 @@ class DiffusionScore(Method):
     smoothing : Gaussian sigma of the maps, as a fraction of the map's shorter side.
     floor : scale floor, as a share of the level's root-mean-square per-position scale.
     top_k : share of the heatmap's highest values averaged into the ``local`` term.
-    terms : image terms combined into the score (any of ``local``, ``global``, ``latent``, ``density``).
-    k : neighbours of the ``density`` term.
+    terms : image terms combined into the score (any of ``local``, ``global``, ``latent``, ``density``, ``style``).
+    k : neighbours of the ``density`` and ``style`` terms.
     neighbours : nearest reference images (in latent space) whose error maps calibrate an image's map; 0 = all.
     """
 
@@ -161,7 +174,8 @@ class DiffusionScore(Method):
             raise InputError(f"neighbours={neighbours}: must be 0 (all reference images) or more")
         self.neighbours = int(neighbours)
         self.batch_size = int(batch_size)
-        self._density = None
+        self._density = None  # (flattened latents, ids) of the density reference
+        self._style = None  # (their latent statistics, ids)
 
     # ------------------------------------------------------------------ measuring (the costly part)
 
@@ -181,7 +195,7 @@ class DiffusionScore(Method):
     # ------------------------------------------------------------------ calibration
 
     def set_density_reference(self, latents: np.ndarray, ids: np.ndarray) -> "DiffusionScore":
-        """Latents the ``density`` term measures distances to (default: the calibration images'); at most
+        """Latents the ``density`` and ``style`` terms measure distances to (default: the calibration images'); at most
         :data:`MAX_DENSITY_REFERENCE`, a seeded sample of larger sets."""
         latents, ids = np.asarray(latents), np.asarray(ids, dtype=np.int64)
         if len(latents) > MAX_DENSITY_REFERENCE:
@@ -189,21 +203,26 @@ class DiffusionScore(Method):
             latents, ids = latents[keep], ids[keep]
         self._density = (torch.as_tensor(np.ascontiguousarray(latents.reshape(len(latents), -1), dtype=np.float32)),
                          torch.as_tensor(ids))
+        self._style = (torch.from_numpy(latent_statistics(latents)), torch.as_tensor(ids))
         return self
+
+    def _uses_reference_latents(self) -> bool:
+        return any(t in self.terms for t in REFERENCE_TERMS)
 
     def fit(self, reference: Batch) -> "DiffusionScore":
         return self.fit_errors(self.measure(reference), reference.latents, reference.ids)
 
     def fit_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> "DiffusionScore":
         """Per-level, per-position statistics and each term's reference distribution from the reference's errors
-        (and latents, for the ``density`` term)."""
+        (and latents, for the ``density`` and ``style`` terms)."""
         if len(errors.maps) < 2:
             raise InputError(f"diffusion score: calibration needs at least 2 reference images, got {len(errors.maps)}")
-        if "density" in self.terms or self.neighbours:
+        if self._uses_reference_latents() or self.neighbours:
             if latents is None:
-                raise InputError("diffusion score: the density term and neighbour calibration need the reference images' latents")
+                raise InputError("diffusion score: the density and style terms and neighbour calibration need the "
+                                 "reference images' latents")
             ids = np.arange(len(latents)) if ids is None else np.asarray(ids, dtype=np.int64)
-            if self._density is None and "density" in self.terms:
+            if self._density is None and self._uses_reference_latents():
                 self.set_density_reference(latents, ids)
         maps = self._smoothed(errors.maps)
         location, scale = robust_location_scale(maps)  # L x h x w each
@@ -238,6 +257,7 @@ class DiffusionScore(Method):
         if self._density is not None:
             out["density_latents"] = self._density[0].numpy()
             out["density_ids"] = self._density[1].numpy()
+            out["style_statistics"] = self._style[0].numpy()
         return out
 
     def load_calibration(self, arrays: dict[str, np.ndarray]) -> "DiffusionScore":
@@ -258,6 +278,10 @@ class DiffusionScore(Method):
         if "density_latents" in arrays:
             self._density = (torch.as_tensor(np.asarray(arrays["density_latents"], np.float32)),
                              torch.as_tensor(np.asarray(arrays["density_ids"], np.int64)))
+        if "style_statistics" in arrays:
+            self._style = (torch.as_tensor(np.asarray(arrays["style_statistics"], np.float32)), self._density[1])
+        elif "style" in self.terms:
+            raise InputError("stored calibration has no reference statistics for the style term; score again")
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -288,15 +312,18 @@ class DiffusionScore(Method):
         raw = {f"global/{level_label(t)}": errors.maps[:, i].mean(axis=(1, 2)).astype(np.float64) for i, t in enumerate(self.levels)}
         raw.update({f"latent/{level_label(t)}": errors.latent[:, i].astype(np.float64) for i, t in enumerate(self.levels) if t > 0})
         raw["local"] = top_k_mean(torch.from_numpy(np.ascontiguousarray(heat)), self.top_k).numpy().astype(np.float64)
-        if "density" in self.terms and latents is not None:
+        if latents is not None:
             ids = np.arange(len(latents)) if ids is None else ids
-            raw["density"] = knn_distance(np.asarray(latents), ids, *self._density, self.k)
+            if "density" in self.terms:
+                raw["density"] = knn_distance(np.asarray(latents), ids, *self._density, self.k)
+            if "style" in self.terms:
+                raw["style"] = knn_distance(latent_statistics(latents), ids, *self._style, self.k)
         return raw
 
     def _terms(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each term as a robust z-score (levels of ``global`` and ``latent`` averaged after z-scoring)."""
         z = {name: standardise(values, self.term_location_[name], self.term_scale_[name]) for name, values in raw.items()}
-        terms = {name: z[name] for name in ("local", "density") if name in z}
+        terms = {name: z[name] for name in ("local", *REFERENCE_TERMS) if name in z}
         for kind in ("global", "latent"):
             names = [k for k in z if k.startswith(kind + "/")]
             if names:
@@ -309,8 +336,9 @@ class DiffusionScore(Method):
         return self._zmaps(self._smoothed(errors.maps), latents, ids).mean(axis=1)
 
     def score_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> Scores:
-        if ("density" in self.terms or self.neighbours) and latents is None:
-            raise InputError("diffusion score: the density term and neighbour calibration need the scored images' latents")
+        if (self._uses_reference_latents() or self.neighbours) and latents is None:
+            raise InputError("diffusion score: the density and style terms and neighbour calibration need the scored "
+                             "images' latents")
         heat = self.heatmaps(errors, latents, ids)
         terms = self._terms(self._raw_terms(errors, heat, latents, ids))
         surprise = {name: tail_surprise(terms[name], self.term_reference_[name]) for name in self.terms if name in terms}
