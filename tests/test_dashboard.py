@@ -121,6 +121,25 @@ def test_inspect_panel_lists_facts_images_and_neighbours(cb):
         cb.inspect_panel(None)
 
 
+def test_inspect_panel_explains_a_score_by_its_terms_largest_first(explorer_scope, tmp_path, cb):
+    import shutil
+
+    import pandas as pd
+
+    from latentscope.scope import Scope
+
+    image_id = int(cb.data.points["id"].iloc[3])
+    assert "terms (z vs normal)" not in str(cb.inspect_panel(image_id))  # the fixture's score has no terms
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    ids = Scope(scoped).ok_manifest()["id"].to_numpy()
+    terms = pd.DataFrame({"id": ids, "score": 1.0, "local": 1.04, "density": -0.5, "style": np.where(ids == image_id, 7.25, 0.0),
+                          "t0.00": 3.0})
+    Scope(scoped).write_scores("default", terms, {"method": "diffusion", "terms": ["local", "density", "style"]})
+    panel = str(create_app(scoped, device="cpu").latentscope.callbacks.inspect_panel(image_id))
+    assert "terms (z vs normal)" in panel and "style 7.2, local 1.0, density -0.5" in panel and "t0.00" not in panel
+
+
 def test_neighbour_and_gallery_clicks_focus_that_image(cb):
     context_value.set(AttributeDict(triggered_inputs=[{"prop_id": '{"id":7,"type":"thumb","where":"gallery"}.n_clicks', "value": 1}]))
     assert cb.neighbour_click([0, 1]) == 7

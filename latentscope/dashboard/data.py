@@ -157,6 +157,27 @@ class ExplorerData:
         record = self.points.iloc[int(rows[0])]
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
 
+    @cached_property
+    def _score_terms(self) -> dict[str, pd.DataFrame]:
+        """Per score that combines terms (the diffusion score), their robust z-scores by image id."""
+        out = {}
+        entries = self.scope.meta.get("scores", {})
+        for name in self.score_names:
+            terms = entries.get(name, {}).get("params", {}).get("terms") or []
+            frame = self.scope.read_scores(name)
+            present = [t for t in terms if t in frame.columns]
+            if present:
+                out[name] = frame.set_index("id")[present]
+        return out
+
+    def score_terms(self, name: str, image_id: int) -> dict[str, float]:
+        """The terms score ``name`` combined for one image, largest first ({} for scores without terms)."""
+        frame = self._score_terms.get(name)
+        if frame is None or image_id not in frame.index:
+            return {}
+        values = {term: float(z) for term, z in frame.loc[image_id].items() if np.isfinite(z)}
+        return dict(sorted(values.items(), key=lambda item: -item[1]))
+
     def knows(self, image_id) -> bool:
         try:
             return int(image_id) in self._row_of_id.index
