@@ -315,7 +315,12 @@ def test_score_scope_writes_scores_maps_and_provenance(digits_scope):
     # the blobbed digits; the only other image among the top 3 is image 8, a 1 drawn so thick that it is a blob too
     assert {0, 1} <= set(summary.top["id"][:3]) <= {0, 1, 8}
     assert not scope.partial_dir("score").joinpath("fast").exists()
-    assert "most anomalous 4:" in "\n".join(summary.lines())
+    lines = "\n".join(summary.lines())
+    assert "most anomalous 4:" in lines
+    # each listed image names the terms of its score, largest first: the blobbed digits' local defect leads
+    blobbed = summary.top.set_index("id").loc[[0, 1], "terms"]
+    assert all(t.startswith("local ") and {"density", "style"} <= {p.split()[0] for p in t.split(", ")} for t in blobbed)
+    assert f"({blobbed.loc[0]})" in lines
 
 
 def test_resumed_run_gives_identical_scores(digits_scope, monkeypatch):

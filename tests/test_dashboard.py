@@ -136,8 +136,12 @@ def test_inspect_panel_explains_a_score_by_its_terms_largest_first(explorer_scop
     terms = pd.DataFrame({"id": ids, "score": 1.0, "local": 1.04, "density": -0.5, "style": np.where(ids == image_id, 7.25, 0.0),
                           "t0.00": 3.0})
     Scope(scoped).write_scores("default", terms, {"method": "diffusion", "terms": ["local", "density", "style"]})
-    panel = str(create_app(scoped, device="cpu").latentscope.callbacks.inspect_panel(image_id))
+    callbacks = create_app(scoped, device="cpu").latentscope.callbacks
+    panel = str(callbacks.inspect_panel(image_id))
     assert "terms (z vs normal)" in panel and "style 7.2, local 1.0, density -0.5" in panel and "t0.00" not in panel
+    rows = {row["id"]: row["terms"] for row in callbacks.table_rows("score:default")}
+    assert rows[image_id] == "style 7.2, local 1.0, density -0.5"
+    assert set(rows.values()) == {"style 7.2, local 1.0, density -0.5", "local 1.0, style 0.0, density -0.5"}
 
 
 def test_neighbour_and_gallery_clicks_focus_that_image(cb):

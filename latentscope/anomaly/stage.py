@@ -140,7 +140,8 @@ class ScoreSummary:
             out.append(f"most anomalous {len(self.top)}:")
             width = max(len(str(p)) for p in self.top["path"])
             for row in self.top.itertuples(index=False):
-                out.append(f"  {row.score:10.3f}  id {row.id:<7d} {str(row.path):<{width}}")
+                terms = f"  ({row.terms})" if "terms" in self.top.columns else ""
+                out.append(f"  {row.score:10.3f}  id {row.id:<7d} {str(row.path):<{width}}{terms}".rstrip())
         return out
 
 
@@ -474,10 +475,31 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(handle, **arrays)
 
 
-def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:
-    """The ``count`` highest-scoring images: id, path, score (most anomalous first)."""
+def score_terms(scope: Scope, name: str = "default", frame: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """The terms a stored score combined (the diffusion score's ``local``, ``density``, ...), as their robust
+    z-scores against the reference images, indexed by image id; None for a score without terms."""
     scope = scope if isinstance(scope, Scope) else Scope(scope)
-    frame = scope.read_scores(name)[["id", "score"]]
-    best = frame.nlargest(count, "score")
+    terms = scope.meta.get("scores", {}).get(name, {}).get("params", {}).get("terms") or []
+    frame = scope.read_scores(name) if frame is None else frame
+    present = [t for t in terms if t in frame.columns]
+    return frame.set_index("id")[present] if present else None
+
+
+def describe_terms(z: pd.Series) -> str:
+    """'style 7.2, local 1.0, density -0.5': one image's terms, largest first."""
+    z = z[np.isfinite(z.to_numpy(dtype=np.float64))].sort_values(ascending=False)
+    return ", ".join(f"{term} {value:.1f}" for term, value in z.items())
+
+
+def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:
+    """The ``count`` highest-scoring images: id, path, score (most anomalous first), and ``terms`` (largest first)
+    for a score that combines terms."""
+    scope = scope if isinstance(scope, Scope) else Scope(scope)
+    frame = scope.read_scores(name)
+    best = frame.nlargest(count, "score")[["id", "score"]]
     paths = scope.manifest().set_index("id")["path"]
-    return best.assign(path=paths.reindex(best["id"]).to_numpy()).reset_index(drop=True)
+    best = best.assign(path=paths.reindex(best["id"]).to_numpy())
+    terms = score_terms(scope, name, frame)
+    if terms is not None:
+        best = best.assign(terms=[describe_terms(terms.loc[i]) for i in best["id"]])
+    return best.reset_index(drop=True)

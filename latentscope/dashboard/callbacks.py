@@ -123,7 +123,7 @@ class Callbacks:
                 facts.append((column.replace("score:", "score "), f"{value:.3f}  (rank {rank:,} of {len(self.data.points):,})"))
                 terms = self.data.score_terms(column.removeprefix("score:"), image_id)
                 if terms:  # which kind of oddness drives the score: a local defect, unusual content, unusual tone
-                    facts.append(("terms (z vs normal)", ", ".join(f"{term} {z:.1f}" for term, z in terms.items())))
+                    facts.append(("terms (z vs normal)", terms))
         images = [
             _figure_block("original", f"image/{image_id}.png"),
             _figure_block("decoded", f"recon/{image_id}.png"),

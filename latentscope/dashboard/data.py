@@ -160,23 +160,17 @@ class ExplorerData:
     @cached_property
     def _score_terms(self) -> dict[str, pd.DataFrame]:
         """Per score that combines terms (the diffusion score), their robust z-scores by image id."""
-        out = {}
-        entries = self.scope.meta.get("scores", {})
-        for name in self.score_names:
-            terms = entries.get(name, {}).get("params", {}).get("terms") or []
-            frame = self.scope.read_scores(name)
-            present = [t for t in terms if t in frame.columns]
-            if present:
-                out[name] = frame.set_index("id")[present]
-        return out
+        from ..anomaly.stage import score_terms
 
-    def score_terms(self, name: str, image_id: int) -> dict[str, float]:
-        """The terms score ``name`` combined for one image, largest first ({} for scores without terms)."""
+        found = {name: score_terms(self.scope, name) for name in self.score_names}
+        return {name: frame for name, frame in found.items() if frame is not None}
+
+    def score_terms(self, name: str, image_id: int) -> str:
+        """'style 7.2, local 1.0, density -0.5': the terms score ``name`` combined for one image, largest first."""
+        from ..anomaly.stage import describe_terms
+
         frame = self._score_terms.get(name)
-        if frame is None or image_id not in frame.index:
-            return {}
-        values = {term: float(z) for term, z in frame.loc[image_id].items() if np.isfinite(z)}
-        return dict(sorted(values.items(), key=lambda item: -item[1]))
+        return describe_terms(frame.loc[image_id]) if frame is not None and image_id in frame.index else ""
 
     def knows(self, image_id) -> bool:
         try:
