@@ -129,14 +129,17 @@ def test_inspect_panel_explains_a_score_by_its_terms_largest_first(explorer_scop
     from latentscope.scope import Scope
 
     image_id = int(cb.data.points["id"].iloc[3])
-    assert "terms (z vs normal)" not in str(cb.inspect_panel(image_id))  # the fixture's score has no terms
+    assert "terms (z vs normal)" not in str(cb.inspect_panel(image_id))  # the fixture's score has no terms...
+    assert "terms" not in cb.table_rows("score:default")[0]  # ...nor does its anomaly table
     scoped = tmp_path / "scope"
     shutil.copytree(explorer_scope, scoped)
     ids = Scope(scoped).ok_manifest()["id"].to_numpy()
     terms = pd.DataFrame({"id": ids, "score": 1.0, "local": 1.04, "density": -0.5, "style": np.where(ids == image_id, 7.25, 0.0),
                           "t0.00": 3.0})
     Scope(scoped).write_scores("default", terms, {"method": "diffusion", "terms": ["local", "density", "style"]})
-    callbacks = create_app(scoped, device="cpu").latentscope.callbacks
+    app = create_app(scoped, device="cpu")
+    callbacks = app.latentscope.callbacks
+    assert "terms (z vs normal)" in str(app.layout["anomaly-table"].columns)
     panel = str(callbacks.inspect_panel(image_id))
     assert "terms (z vs normal)" in panel and "style 7.2, local 1.0, density -0.5" in panel and "t0.00" not in panel
     rows = {row["id"]: row["terms"] for row in callbacks.table_rows("score:default")}

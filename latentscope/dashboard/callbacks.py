@@ -121,7 +121,7 @@ class Callbacks:
             if value is not None and np.isfinite(value):
                 rank = int((self.data.points[column] > value).sum()) + 1
                 facts.append((column.replace("score:", "score "), f"{value:.3f}  (rank {rank:,} of {len(self.data.points):,})"))
-                terms = self.data.score_terms(column.removeprefix("score:"), image_id)
+                terms = self.data.score_terms(column, image_id)
                 if terms:  # which kind of oddness drives the score: a local defect, unusual content, unusual tone
                     facts.append(("terms (z vs normal)", terms))
         images = [

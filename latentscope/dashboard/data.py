@@ -165,11 +165,16 @@ class ExplorerData:
         found = {name: score_terms(self.scope, name) for name in self.score_names}
         return {name: frame for name, frame in found.items() if frame is not None}
 
+    def has_score_terms(self, name: str) -> bool:
+        """Whether score ``name`` (or its column, ``score:NAME``) combines terms."""
+        return name.removeprefix("score:") in self._score_terms
+
     def score_terms(self, name: str, image_id: int) -> str:
-        """'style 7.2, local 1.0, density -0.5': the terms score ``name`` combined for one image, largest first."""
+        """'style 7.2, local 1.0, density -0.5': the terms score ``name`` (or ``score:NAME``) combined for one image,
+        largest first; empty for a score without terms."""
         from ..anomaly.stage import describe_terms
 
-        frame = self._score_terms.get(name)
+        frame = self._score_terms.get(name.removeprefix("score:"))
         return describe_terms(frame.loc[image_id]) if frame is not None and image_id in frame.index else ""
 
     def knows(self, image_id) -> bool:

@@ -161,8 +161,8 @@ def anomalies_tab(data: ExplorerData) -> dcc.Tab:
                     id="anomaly-table",
                     columns=[{"name": "id", "id": "id"}, {"name": "score", "id": "score", "type": "numeric",
                                                          "format": {"specifier": ".3f"}},
-                             {"name": "label", "id": "label"}, {"name": "file", "id": "path"},
-                             {"name": "terms (z vs normal)", "id": "terms"}],
+                             {"name": "label", "id": "label"}, {"name": "file", "id": "path"}]
+                    + ([{"name": "terms (z vs normal)", "id": "terms"}] if score and data.has_score_terms(score) else []),
                     data=anomaly_rows(data, score) if score else [],
                     sort_action="native",
                     page_size=12,
@@ -183,8 +183,9 @@ def anomalies_tab(data: ExplorerData) -> dcc.Tab:
 
 def anomaly_rows(data: ExplorerData, score: str, limit: int = ANOMALY_ROWS) -> list[dict]:
     top = data.points.nlargest(limit, score)[["id", score, "label", "path"]].rename(columns={score: "score"})
-    name = score.removeprefix("score:")
-    return top.assign(terms=[data.score_terms(name, int(i)) for i in top["id"]]).to_dict("records")
+    if data.has_score_terms(score):
+        top = top.assign(terms=[data.score_terms(score, int(i)) for i in top["id"]])
+    return top.to_dict("records")
 
 
 def grid_tab() -> dcc.Tab:
