@@ -209,6 +209,8 @@ def test_multi_level_z_scoring_matches_numpy():
                  numpy_tail_surprise(density_term, robust_z(ref_density_raw, ref_density_raw)),
                  numpy_tail_surprise(style_term, robust_z(ref_style_raw, ref_style_raw))]
     np.testing.assert_allclose(out.scores, np.max(surprises, axis=0), rtol=1e-4)
+    stored = [out.parts[f"surprise:{term}"] for term in ("local", "global", "latent", "density", "style")]
+    np.testing.assert_allclose(stored, surprises, rtol=1e-4)
 
 
 def test_neighbour_calibration_matches_numpy():

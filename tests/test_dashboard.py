@@ -145,6 +145,11 @@ def test_inspect_panel_explains_a_score_by_its_terms_largest_first(explorer_scop
     rows = {row["id"]: row["terms"] for row in callbacks.table_rows("score:default")}
     assert rows[image_id] == "style 7.2, local 1.0, density -0.5"
     assert set(rows.values()) == {"style 7.2, local 1.0, density -0.5", "local 1.0, style 0.0, density -0.5"}
+    # with the tail surprises stored (the score is their largest), the term that drives the score comes first
+    surprises = terms.assign(**{"surprise:local": 2.0, "surprise:density": 5.0, "surprise:style": 0.1})
+    Scope(scoped).write_scores("default", surprises, {"method": "diffusion", "terms": ["local", "density", "style"]})
+    panel = str(create_app(scoped, device="cpu").latentscope.callbacks.inspect_panel(image_id))
+    assert "density -0.5, local 1.0, style 7.2" in panel and "surprise" not in panel
 
 
 def test_neighbour_and_gallery_clicks_focus_that_image(cb):

@@ -56,6 +56,7 @@ DEFAULT_DRAWS = 4
 TERMS = ("local", "global", "latent", "density", "style")
 DEFAULT_TERMS = ("local", "density", "style")
 REFERENCE_TERMS = ("density", "style")  # terms measured against the density reference's latents
+SURPRISE_PREFIX = "surprise:"  # stored parts "surprise:local", ...: each chosen term's tail surprise
 MAD_TO_SIGMA = 1.4826
 TAIL_QUANTILE = 0.9
 MAX_DENSITY_REFERENCE = 20_000
@@ -346,6 +347,7 @@ class DiffusionScore(Method):
             raise InputError(f"diffusion score: terms {self.terms} but the latent error needs a level above 0")
         score = np.max(np.stack(list(surprise.values())), axis=0)
         parts = {name: terms[name] for name in TERMS if name in terms}
+        parts.update({f"{SURPRISE_PREFIX}{name}": values for name, values in surprise.items()})  # the score is their max
         for i, t in enumerate(self.levels):  # per-level parts: each level's own z-scored errors, averaged
             own = [terms[f"global/{level_label(t)}"]] + ([terms[f"latent/{level_label(t)}"]] if t > 0 else [])
             parts[level_label(t)] = np.mean(own, axis=0)

@@ -39,7 +39,7 @@ from ..loader import PrefetchLoader
 from ..scope import Scope, check_name
 from .base import Batch, Method, Scores
 from .checkpoints import ShardWriter, load_shards
-from .diffusion import MAX_DENSITY_REFERENCE
+from .diffusion import MAX_DENSITY_REFERENCE, SURPRISE_PREFIX
 from .reconstruct import LevelErrors
 
 log = logging.getLogger(__name__)
@@ -476,19 +476,24 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def score_terms(scope: Scope, name: str = "default", frame: pd.DataFrame | None = None) -> pd.DataFrame | None:
-    """The terms a stored score combined (the diffusion score's ``local``, ``density``, ...), as their robust
-    z-scores against the reference images, indexed by image id; None for a score without terms."""
+    """The terms a stored score combined (the diffusion score's ``local``, ``density``, ...) by image id: their
+    robust z-scores against the reference images, and their tail surprises (``surprise:local``, ...; the score is
+    the largest) where stored; None for a score without terms."""
     scope = scope if isinstance(scope, Scope) else Scope(scope)
     terms = scope.meta.get("scores", {}).get(name, {}).get("params", {}).get("terms") or []
     frame = scope.read_scores(name) if frame is None else frame
     present = [t for t in terms if t in frame.columns]
-    return frame.set_index("id")[present] if present else None
+    surprises = [SURPRISE_PREFIX + t for t in present if SURPRISE_PREFIX + t in frame.columns]
+    return frame.set_index("id")[present + surprises] if present else None
 
 
-def describe_terms(z: pd.Series) -> str:
-    """'style 7.2, local 1.0, density -0.5': one image's terms, largest first."""
-    z = z[np.isfinite(z.to_numpy(dtype=np.float64))].sort_values(ascending=False)
-    return ", ".join(f"{term} {value:.1f}" for term, value in z.items())
+def describe_terms(row: pd.Series) -> str:
+    """'style 7.2, local 1.0, density -0.5': one image's terms as z-scores, the one that drives its score first
+    (by the tail surprise the score takes the largest of, where stored; by z otherwise)."""
+    z = {term: float(value) for term, value in row.items() if not str(term).startswith(SURPRISE_PREFIX)}
+    rank = {term: float(row.get(SURPRISE_PREFIX + term, value)) for term, value in z.items()}
+    shown = sorted((term for term in z if np.isfinite(z[term])), key=lambda term: -rank[term])
+    return ", ".join(f"{term} {z[term]:.1f}" for term in shown)
 
 
 def top_scores(scope: Scope, name: str = "default", count: int = 10) -> pd.DataFrame:
