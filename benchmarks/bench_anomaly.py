@@ -202,7 +202,7 @@ def main() -> None:
     sizes = (dict(reference_size=64, max_normal=60, max_per_class=30) if args.quick
              else dict(reference_size=512, max_normal=300, max_per_class=120))
     methods = ("diffusion", *BASELINES)
-    rows, described, sweeps, ablation = [], [], {}, {}
+    rows, described, sweeps, ablation, all_maps = [], [], {}, {}, {}
     for task in tasks(args.tasks):
         prepared = Prepared(task, **sizes)
         n_normal = len(prepared.pool.cases[0].normal)
@@ -226,8 +226,8 @@ def main() -> None:
         ablation[task.name] = {terms: protocol_means(metrics(prepared.pool, prepared.diffusion(terms=terms)))
                                for terms in TERM_SETS}
         everyone = metrics(prepared.pool, prepared.diffusion(neighbours=0))
-        ablation[task.name]["all reference maps"] = {"defects": protocol_means(everyone)["defects"],
-                                                     "pixel": protocol_means(everyone, "pixel_auroc")["defects"]}
+        all_maps[task.name] = {"defects": protocol_means(everyone)["defects"],
+                               "pixel": protocol_means(everyone, "pixel_auroc")["defects"]}
         if task.name in args.sweep_tasks:
             sweeps[task.name] = []
             for levels, draws in SWEEP:
@@ -238,7 +238,7 @@ def main() -> None:
                                           **calls(prepared, levels, DEFAULT_STEPS, draws)})
                 log.info("sweep %s %s draws %d: %s", task.name, levels, draws, means)
     speed = throughput(tasks(args.tasks[:1])[0], args.throughput_images) if args.throughput_images else None
-    section = render(rows, described, sweeps, ablation, speed, methods, args.quick)
+    section = render(rows, described, sweeps, ablation, all_maps, speed, methods, args.quick)
     if args.no_write:
         print(section)
     else:
@@ -246,7 +246,7 @@ def main() -> None:
         print(section)
 
 
-def render(rows, described, sweeps, ablation, speed, methods, quick: bool) -> str:
+def render(rows, described, sweeps, ablation, all_maps, speed, methods, quick: bool) -> str:
     lines = ["## Anomaly scores (`latentscope score`, `latentscope eval-anomaly`)", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine_line()}; 1-minute load average {os.getloadavg()[0]:.1f} "
              "at the end of the run (absolute times depend on the machine's other work; the throughput ratio compares "
@@ -297,13 +297,13 @@ def render(rows, described, sweeps, ablation, speed, methods, quick: bool) -> st
         lines.append(f"- digits semantic mean AUROC {sem:.3f} (target 0.98: {'met' if sem >= 0.98 else 'NOT met'})")
     rows_by = {(r["task"], r["protocol"]): r for r in rows}
     if ablation:
-        term_sets = [t for t in next(iter(ablation.values())) if isinstance(t, tuple)]
+        term_sets = list(next(iter(ablation.values())))
         lines += ["", "### Terms of the score (image AUROC, semantic / defects; default levels, steps and draws)", "",
                   "| task | " + " | ".join(" + ".join(t) + (" (default)" if t == DEFAULT_TERMS else "") for t in term_sets) + " |",
                   "|---|" + "---|" * len(term_sets)]
         for task, by_terms in ablation.items():
             lines.append(f"| {task} | " + " | ".join(f"{fmt(m.get('semantic'))} / {fmt(m.get('defects'))}"
-                                                     for t, m in by_terms.items() if isinstance(t, tuple)) + " |")
+                                                     for m in by_terms.values()) + " |")
         lines += ["", "Each term alone is best on its own kind of anomaly (`local`: pasted defects; `density`: unseen digit "
                   "classes; `style`: unseen photographs). The largest surprise over several terms also ranks high the "
                   "normal images that happen to be unusual in any one of them, so the combination stays below the best "
@@ -312,8 +312,8 @@ def render(rows, described, sweeps, ablation, speed, methods, quick: bool) -> st
                   "images (default) rather than against all of them (`neighbours=0`); defects image / pixel AUROC, "
                   "16 nearest against all: " + "; ".join(
                       f"{task} {fmt(rows_by[(task, 'defects')]['diffusion'])} / {fmt(rows_by[(task, 'defects')]['diffusion:pixel'])}"
-                      f" against {fmt(by_terms['all reference maps']['defects'])} / {fmt(by_terms['all reference maps']['pixel'])}"
-                      for task, by_terms in ablation.items()) + "."]
+                      f" against {fmt(everyone['defects'])} / {fmt(everyone['pixel'])}"
+                      for task, everyone in all_maps.items()) + "."]
     if sweeps:
         lines += ["", "### Cost against quality (default score, 5 DDIM steps; calls per image)", "",
                   "| task | levels | draws | denoiser calls | decoder calls | semantic AUROC | defects AUROC | defects pixel AUROC |",

@@ -481,6 +481,8 @@ def score_terms(scope: Scope, name: str = "default", frame: pd.DataFrame | None 
     the largest) where stored; None for a score without terms."""
     scope = scope if isinstance(scope, Scope) else Scope(scope)
     terms = scope.meta.get("scores", {}).get(name, {}).get("params", {}).get("terms") or []
+    if not terms:
+        return None
     frame = scope.read_scores(name) if frame is None else frame
     present = [t for t in terms if t in frame.columns]
     surprises = [SURPRISE_PREFIX + t for t in present if SURPRISE_PREFIX + t in frame.columns]
