@@ -22,6 +22,7 @@ from .errors import InputError, ModelError
 from .runtime import resolve_device, resolve_dtype
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+MAX_FEATURE_VALUES = 4096  # features are average-pooled (halving the grid) until C x h x w is at most this
 
 
 def load_alphas_cumprod(location: ModelLocation) -> tuple[torch.Tensor, str]:
@@ -174,6 +175,30 @@ class Denoiser:
             return s * x + a * out
         return (x - a * out) / s
 
+    @torch.inference_mode()
+    def features(self, latents, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """N x C x h x w float32: the UNet's bottleneck activations (its mid block's output; the last down block's
+        when it has none) for the clean latents at timestep 0, how the denoiser sees what an image shows. Grids
+        are halved by average pooling until ``C x h x w <= MAX_FEATURE_VALUES``, so large models stay comparable
+        by Euclidean distance over many images."""
+        from tqdm.auto import tqdm
+
+        block = self.unet.mid_block if getattr(self.unet, "mid_block", None) is not None else self.unet.down_blocks[-1]
+        caught = []
+        hook = block.register_forward_hook(lambda module, args, out: caught.append(out[0] if isinstance(out, tuple) else out))
+        latents = np.asarray(latents, dtype=np.float32)
+        parts = []
+        try:
+            for start in tqdm(range(0, len(latents), batch_size), desc="denoiser features", disable=not progress,
+                              dynamic_ncols=True):
+                x = torch.from_numpy(latents[start:start + batch_size]).to(self.device, self.dtype)
+                caught.clear()
+                self.unet(x, torch.zeros(len(x), dtype=torch.long, device=self.device))
+                parts.append(_pool_to_budget(caught[-1].float()).cpu().numpy())
+        finally:
+            hook.remove()
+        return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.float32)
+
     def sample(self, noise: torch.Tensor, steps: int, t: float = 1.0) -> torch.Tensor:
         """Generate latents from noise at level ``t`` (1.0 = pure noise)."""
         return self.denoise(noise, t, steps)
@@ -181,3 +206,9 @@ class Denoiser:
     def reconstruct(self, latents: torch.Tensor, t: float, steps: int, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
         """Noise to level ``t`` and denoise back: the diffusion reconstruction used for anomaly scores."""
         return self.denoise(self.add_noise(latents, t, noise=noise, generator=generator), t, steps)
+
+
+def _pool_to_budget(features: torch.Tensor) -> torch.Tensor:
+    while features.shape[1] * features.shape[2] * features.shape[3] > MAX_FEATURE_VALUES and min(features.shape[2:]) > 1:
+        features = torch.nn.functional.avg_pool2d(features, 2, ceil_mode=True)
+    return features

@@ -159,14 +159,24 @@ def numpy_tail_surprise(values, reference, quantile=0.9):
     return np.array(out)
 
 
+class FeatureStub:
+    """Stands in for a denoiser where only its features are used: a fixed nonlinear map of the latents."""
+
+    @staticmethod
+    def features(latents, batch_size=64, progress=False):
+        latents = np.asarray(latents, dtype=np.float32)
+        return np.tanh(np.concatenate([latents * 2 + 0.5, latents**2], axis=1))
+
+
 def test_multi_level_z_scoring_matches_numpy():
     rng = np.random.default_rng(0)
     levels = (0.0, 0.2, 0.5)
     ref = LevelErrors(rng.gamma(2.0, 1.0, (50, 3, 6, 6)).astype(np.float32), rng.gamma(2.0, 1.0, (50, 3)).astype(np.float32))
     test = LevelErrors(rng.gamma(2.0, 1.5, (7, 3, 6, 6)).astype(np.float32), rng.gamma(2.0, 1.5, (7, 3)).astype(np.float32))
     ref_latents, test_latents = rng.normal(size=(50, 2, 2, 2)), rng.normal(size=(7, 2, 2, 2)) * 1.5
-    terms = ("local", "global", "latent", "density", "style")
-    scorer = DiffusionScore(None, None, levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36, terms=terms, k=3, neighbours=0)
+    terms = ("local", "global", "latent", "density", "style", "content", "gist")
+    scorer = DiffusionScore(None, FeatureStub(), levels=levels, smoothing=0.0, floor=0.0, top_k=2 / 36, terms=terms, k=3,
+                            neighbours=0)
     scorer.fit_errors(ref, ref_latents, np.arange(50))
     out = scorer.score_errors(test, test_latents, np.arange(100, 107))
 
@@ -194,11 +204,18 @@ def test_multi_level_z_scoring_matches_numpy():
     statistics = lambda latents: np.concatenate([latents.mean(axis=(2, 3)), latents.std(axis=(2, 3))], axis=1)  # noqa: E731
     ref_style_raw = knn(statistics(ref_latents), np.arange(50), statistics(ref_latents))
     style_term = robust_z(knn(statistics(test_latents), reference=statistics(ref_latents)), ref_style_raw)
+    feature_terms = {}
+    for term, space in (("content", lambda f: f), ("gist", lambda f: f.mean(axis=(2, 3)))):
+        ref_space, test_space = space(FeatureStub.features(ref_latents)), space(FeatureStub.features(test_latents))
+        ref_raw = knn(ref_space, np.arange(50), ref_space)
+        feature_terms[term] = (robust_z(knn(test_space, reference=ref_space), ref_raw), robust_z(ref_raw, ref_raw))
     np.testing.assert_allclose(out.parts["global"], global_term, rtol=1e-5)
     np.testing.assert_allclose(out.parts["latent"], latent_term, rtol=1e-5)
     np.testing.assert_allclose(out.parts["local"], local_term, rtol=1e-4)
     np.testing.assert_allclose(out.parts["density"], density_term, rtol=1e-5)
     np.testing.assert_allclose(out.parts["style"], style_term, rtol=1e-4)
+    for term, (values, _) in feature_terms.items():
+        np.testing.assert_allclose(out.parts[term], values, rtol=1e-4)
     level_2 = (robust_z(test.maps[:, 2].mean(axis=(1, 2)), ref.maps[:, 2].mean(axis=(1, 2)))
                + robust_z(test.latent[:, 2], ref.latent[:, 2])) / 2
     np.testing.assert_allclose(out.parts["t0.50"], level_2, rtol=1e-5)
@@ -207,35 +224,38 @@ def test_multi_level_z_scoring_matches_numpy():
                  numpy_tail_surprise(global_term, np.mean(ref_global, axis=0)),
                  numpy_tail_surprise(latent_term, ref_latent),
                  numpy_tail_surprise(density_term, robust_z(ref_density_raw, ref_density_raw)),
-                 numpy_tail_surprise(style_term, robust_z(ref_style_raw, ref_style_raw))]
+                 numpy_tail_surprise(style_term, robust_z(ref_style_raw, ref_style_raw)),
+                 *(numpy_tail_surprise(values, reference) for values, reference in feature_terms.values())]
     np.testing.assert_allclose(out.scores, np.max(surprises, axis=0), rtol=1e-4)
-    stored = [out.parts[f"surprise:{term}"] for term in ("local", "global", "latent", "density", "style")]
+    stored = [out.parts[f"surprise:{term}"] for term in terms]
     np.testing.assert_allclose(stored, surprises, rtol=1e-4)
 
 
 def test_neighbour_calibration_matches_numpy():
-    """Each image's z-map uses the median / MAD of its nearest reference images' maps (never its own), with the floor."""
+    """Each image's z-map uses the median / MAD of the maps of the reference images nearest it by the denoiser's
+    features (never its own), with the floor."""
     rng = np.random.default_rng(2)
     ref = LevelErrors(rng.gamma(2.0, 1.0, (40, 2, 5, 5)).astype(np.float32), rng.gamma(2.0, 1.0, (40, 2)).astype(np.float32))
     test = LevelErrors(rng.gamma(2.0, 1.5, (6, 2, 5, 5)).astype(np.float32), rng.gamma(2.0, 1.5, (6, 2)).astype(np.float32))
     ref_latents, test_latents = rng.normal(size=(40, 3, 2, 2)), rng.normal(size=(6, 3, 2, 2))
     test_ids = np.array([3, 100, 101, 102, 103, 104])  # the first is reference image 3 itself: it must not use its own map
-    scorer = DiffusionScore(None, None, levels=(0.0, 0.2), smoothing=0.0, floor=0.5, terms=("local",), neighbours=6)
+    scorer = DiffusionScore(None, FeatureStub(), levels=(0.0, 0.2), smoothing=0.0, floor=0.5, terms=("local",), neighbours=6)
     out = scorer.fit_errors(ref, ref_latents, np.arange(40)).score_errors(test, test_latents, test_ids)
 
     global_median = np.median(ref.maps, axis=0)
     global_scale = MAD_TO_SIGMA * np.median(np.abs(ref.maps - global_median), axis=0)
     floor = 0.5 * np.sqrt(np.mean(global_scale.reshape(2, -1) ** 2, axis=1))[:, None, None]
     expected = []
-    for latent, image_id, maps in zip(test_latents, test_ids, test.maps):
-        distances = np.linalg.norm(ref_latents.reshape(40, -1) - latent.reshape(1, -1), axis=1)
+    ref_features = FeatureStub.features(ref_latents).reshape(40, -1)
+    for features, image_id, maps in zip(FeatureStub.features(test_latents), test_ids, test.maps):
+        distances = np.linalg.norm(ref_features - features.reshape(1, -1), axis=1)
         distances[np.arange(40) == image_id] = np.inf
         near = ref.maps[np.argsort(distances)[:6]]
         median = np.median(near, axis=0)
         scale = MAD_TO_SIGMA * np.median(np.abs(near - median), axis=0)
         expected.append(((maps - median) / np.sqrt(scale**2 + floor**2)).mean(axis=0))
     np.testing.assert_allclose(out.maps, np.array(expected), rtol=1e-4, atol=1e-5)
-    loaded = DiffusionScore(None, None, levels=(0.0, 0.2), smoothing=0.0, terms=("local",), neighbours=6)
+    loaded = DiffusionScore(None, FeatureStub(), levels=(0.0, 0.2), smoothing=0.0, terms=("local",), neighbours=6)
     loaded.load_calibration(scorer.calibration())
     np.testing.assert_allclose(loaded.heatmaps(test, test_latents, test_ids), out.maps, rtol=1e-6)
 
@@ -245,14 +265,20 @@ def test_calibration_round_trips_through_plain_arrays():
     ref = LevelErrors(rng.random((20, 2, 4, 4), np.float32), rng.random((20, 2), np.float32))
     test = LevelErrors(rng.random((3, 2, 4, 4), np.float32), rng.random((3, 2), np.float32))
     ref_latents, test_latents = rng.normal(size=(20, 4, 2, 2)), rng.normal(size=(3, 4, 2, 2))
-    fitted = DiffusionScore(None, None, levels=(0.0, 0.3)).fit_errors(ref, ref_latents)
-    loaded = DiffusionScore(None, None, levels=(0.0, 0.3)).load_calibration(fitted.calibration())
+    scorer = lambda: DiffusionScore(None, FeatureStub(), levels=(0.0, 0.3), neighbours=8)  # noqa: E731
+    fitted = scorer().fit_errors(ref, ref_latents)
+    loaded = scorer().load_calibration(fitted.calibration())
     np.testing.assert_array_equal(fitted.score_errors(test, test_latents).scores, loaded.score_errors(test, test_latents).scores)
-    older = {k: v for k, v in fitted.calibration().items() if k != "style_statistics"}  # stored before the style term
-    with pytest.raises(InputError, match="style term; score again"):
-        DiffusionScore(None, None, levels=(0.0, 0.3)).load_calibration(older)
+    calibration = fitted.calibration()
+    without_content = {k: v for k, v in calibration.items() if k != "content_features"}  # stored before the term
+    with pytest.raises(InputError, match="content term; score again"):
+        scorer().load_calibration(without_content)
+    # calibrations from before neighbours were found by features held the reference latents instead
+    older = {**{k: v for k, v in calibration.items() if k != "map_reference_features"}, "map_reference_latents": ref_latents}
+    with pytest.raises(InputError, match="no reference features for neighbour calibration; score again"):
+        scorer().load_calibration(older)
     with pytest.raises(InputError, match="latents"):
-        DiffusionScore(None, None, levels=(0.0, 0.3)).fit_errors(ref)
+        scorer().fit_errors(ref)
 
 
 # --------------------------------------------------------------------------- the diffusion score on a trained model
@@ -270,6 +296,33 @@ def test_style_term_flags_images_with_an_unusual_overall_tone(models):
     out = scorer.fit(Batch(reference, codec.encode_pixels(reference))).score(Batch(both, codec.encode_pixels(both)))
     assert out.parts["style"][30:].min() > out.parts["style"][:30].max()
     assert out.scores[30:].min() > out.scores[:30].max()
+
+
+def test_content_term_flags_a_kind_of_image_the_denoiser_never_saw(models):
+    """Digits turned on their side keep their strokes, ink and tone; the denoiser's features tell them from unseen
+    upright digits (the reference: other unseen digits)."""
+    codec, denoiser = models
+    images, _ = unseen_digits()
+    reference, clean = images[:240], images[240:300]
+    turned = np.ascontiguousarray(np.rot90(clean, 1, axes=(1, 2)))
+    both = np.concatenate([clean, turned])
+    scorer = DiffusionScore(codec, denoiser, levels=(0.0,), terms=("content",))
+    out = scorer.fit(Batch(reference, codec.encode_pixels(reference))).score(Batch(both, codec.encode_pixels(both)))
+    labels = np.r_[np.zeros(60), np.ones(60)]
+    assert auroc(labels, out.parts["content"]) > 0.95 and auroc(labels, out.scores) > 0.95
+
+
+def test_denoiser_features_are_the_bottleneck_pooled_to_a_budget(models):
+    from latentscope.denoiser import MAX_FEATURE_VALUES
+
+    _, denoiser = models
+    latents = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
+    features = denoiser.features(latents, batch_size=2)
+    channels = denoiser.unet.config.block_out_channels[-1]
+    assert features.shape == (3, channels, 4, 4) and np.isfinite(features).all()
+    np.testing.assert_allclose(denoiser.features(latents[1:2]), features[1:2], rtol=1e-5, atol=1e-5)  # batch-independent
+    large = denoiser.features(np.zeros((1, 4, 64, 64), np.float32))
+    assert large.size <= MAX_FEATURE_VALUES and large.shape[1] == channels
 
 
 def test_defect_scores_higher_and_heatmap_peaks_inside_mask(models):
@@ -308,7 +361,7 @@ def test_score_scope_writes_scores_maps_and_provenance(digits_scope):
     scope = Scope(digits_scope)
     frame = scope.read_scores("fast")
     assert len(frame) == 80 and list(frame.columns[:2]) == ["id", "score"]
-    assert {"local", "global", "latent", "density", "style", "t0.00", "t0.10"} <= set(frame.columns)
+    assert {"local", "global", "latent", "content", "gist", "t0.00", "t0.10"} <= set(frame.columns)
     assert frame["id"].is_monotonic_increasing and np.isfinite(frame["score"]).all()
     entry = scope.meta["scores"]["fast"]
     assert entry["params"]["levels"] == [0.0, 0.1] and entry["params"]["draws"] == 2 and entry["params"]["reference"] == "self"
@@ -321,7 +374,7 @@ def test_score_scope_writes_scores_maps_and_provenance(digits_scope):
     assert "most anomalous 4:" in lines
     # each listed image names the terms of its score, largest first: the blobbed digits' local defect leads
     blobbed = summary.top.set_index("id").loc[[0, 1], "terms"]
-    assert all(t.startswith("local ") and {"density", "style"} <= {p.split()[0] for p in t.split(", ")} for t in blobbed)
+    assert all(t.startswith("local ") and {"content", "gist"} <= {p.split()[0] for p in t.split(", ")} for t in blobbed)
     assert f"({blobbed.loc[0]})" in lines
 
 
@@ -363,6 +416,18 @@ def test_heatmap_png_from_stored_maps_and_recomputed(digits_scope):
         assert img.format == "PNG" and img.size == (256, 256)
     with pytest.raises(ScopeError):
         stored(999)
+    # a calibration stored before neighbours were found by the denoiser's features: a clear error, no heatmap
+    from latentscope.anomaly.stage import CALIBRATION_SUFFIX
+
+    path = digits_scope / "scores" / f"nomaps{CALIBRATION_SUFFIX}"
+    with np.load(path) as stored_arrays:
+        arrays = {k: stored_arrays[k] for k in stored_arrays.files}
+    arrays["map_reference_latents"] = arrays.pop("map_reference_features")
+    np.savez(path, **arrays)
+    older = Heatmaps(digits_scope, "nomaps")
+    with pytest.raises(ScopeError, match="nomaps.*no reference features for neighbour calibration; score again"):
+        older.error_map(0)
+    assert older.png_or_none(0) is None
 
 
 @pytest.mark.parametrize("method", ["roundtrip", "knn-latent", "iforest-latent", "pca-pixel", "knn-pixel"])

@@ -1,6 +1,7 @@
 """The diffusion reconstruction score: several noise levels, several draws, calibrated against normal images.
 
-Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and latent density and style terms):
+Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and terms measured against
+the reference images' latents and denoiser features):
 
 1. :class:`~latentscope.anomaly.reconstruct.Reconstructor` reconstructs each
    image at every level ``t`` (level 0 is the autoencoder round trip), averaging
@@ -11,9 +12,10 @@ Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and latent de
    (median, 1.4826 x MAD) so a minority of anomalies in the reference does not
    move them, and a scale floor (a share of the level's root-mean-square scale)
    so positions where normal images never err do not explode. The statistics come
-   from the image's ``neighbours`` nearest reference images in latent space (never
-   itself): how much a normal image errs where depends on what it shows (edges,
-   texture, strokes), so an image is compared with images like it; with
+   from the image's ``neighbours`` nearest reference images in the denoiser's
+   feature space (never itself): how much a normal image errs where depends on
+   what it shows (edges, texture, strokes), so an image is compared with images
+   the denoiser sees as alike; with
    ``neighbours=0``, from all reference images. The heatmap is the mean z-map over
    levels.
 3. Image terms, each a robust z-score against the reference (median / MAD):
@@ -26,9 +28,17 @@ Recipe (after DDPM-OOD, Graham et al. 2023, extended to error maps and latent de
    kind of image as well as the usual ones,
    ``style`` = the same distance between the latents' per-channel means and
    spreads over positions: how typical the image's overall colour, tone and
-   texture are, wherever things are placed (an image cut from an unseen
-   photograph is often near a normal latent position by position, but not in
-   its statistics).
+   texture are, wherever things are placed,
+   ``content`` = the same distance between the denoiser's bottleneck features
+   (:meth:`~latentscope.denoiser.Denoiser.features`: its mid block's activations
+   on the clean latent), how typical what the image shows is in the eyes of the
+   model of normal images; it separates unseen kinds of image better than the
+   latents do, because the denoiser has learnt what the normal images have in
+   common,
+   ``gist`` = the same distance between those features' means over positions:
+   what the image shows wherever it is placed (an image cut from an unseen
+   photograph is often near normal images position by position, but not in
+   its overall make-up).
 4. Terms live on different scales and have different tails, so each is turned
    into a *surprise* ``-log P(term >= value)`` under the reference's own
    distribution of that term: the empirical distribution below its 90th
@@ -53,9 +63,12 @@ from .reconstruct import LevelErrors, Reconstructor
 DEFAULT_LEVELS = (0.0, 0.1, 0.25)
 DEFAULT_STEPS = 5
 DEFAULT_DRAWS = 4
-TERMS = ("local", "global", "latent", "density", "style")
-DEFAULT_TERMS = ("local", "density", "style")
-REFERENCE_TERMS = ("density", "style")  # terms measured against the density reference's latents
+TERMS = ("local", "global", "latent", "density", "style", "content", "gist")
+DEFAULT_TERMS = ("local", "content", "gist")
+REFERENCE_TERMS = ("density", "style", "content", "gist")  # kNN distances to the density reference's images
+FEATURE_TERMS = ("content", "gist")  # ... measured on the denoiser's features
+REFERENCE_KEYS = {"density": "density_latents", "style": "style_statistics", "content": "content_features",
+                  "gist": "gist_features"}  # each term's reference in a stored calibration
 SURPRISE_PREFIX = "surprise:"  # stored parts "surprise:local", ...: each chosen term's tail surprise
 MAD_TO_SIGMA = 1.4826
 TAIL_QUANTILE = 0.9
@@ -99,6 +112,17 @@ def latent_statistics(latents: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1))
 
 
+def term_space(term: str, latents: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+    """N x D: the space a reference term measures kNN distances in."""
+    if term == "density":
+        return np.asarray(latents, dtype=np.float32).reshape(len(latents), -1)
+    if term == "style":
+        return latent_statistics(latents)
+    if term == "content":
+        return np.ascontiguousarray(features.reshape(len(features), -1), dtype=np.float32)
+    return np.ascontiguousarray(features.mean(axis=(2, 3)), dtype=np.float32)
+
+
 def _nearest(queries: np.ndarray, query_ids: np.ndarray, reference: torch.Tensor, reference_ids: torch.Tensor, k: int):
     """(distances, rows) of each flattened query's ``k`` nearest reference rows, skipping rows with its own id."""
     queries = torch.as_tensor(np.ascontiguousarray(queries.reshape(len(queries), -1), dtype=np.float32))
@@ -136,7 +160,7 @@ def median(values: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class DiffusionScore(Method):
-    """Multi-level diffusion reconstruction score with per-position calibrated heatmaps and latent density and style terms.
+    """Multi-level diffusion reconstruction score with per-position calibrated heatmaps and reference (kNN) terms.
 
     Parameters
     ----------
@@ -146,9 +170,11 @@ class DiffusionScore(Method):
     smoothing : Gaussian sigma of the maps, as a fraction of the map's shorter side.
     floor : scale floor, as a share of the level's root-mean-square per-position scale.
     top_k : share of the heatmap's highest values averaged into the ``local`` term.
-    terms : image terms combined into the score (any of ``local``, ``global``, ``latent``, ``density``, ``style``).
-    k : neighbours of the ``density`` and ``style`` terms.
-    neighbours : nearest reference images (in latent space) whose error maps calibrate an image's map; 0 = all.
+    terms : image terms combined into the score (any of ``local``, ``global``, ``latent``, ``density``, ``style``,
+        ``content``, ``gist``).
+    k : neighbours of the reference terms (``density``, ``style``, ``content``, ``gist``).
+    neighbours : nearest reference images (by the denoiser's features) whose error maps calibrate an image's map;
+        0 = all.
     """
 
     name = "diffusion"
@@ -175,8 +201,7 @@ class DiffusionScore(Method):
             raise InputError(f"neighbours={neighbours}: must be 0 (all reference images) or more")
         self.neighbours = int(neighbours)
         self.batch_size = int(batch_size)
-        self._density = None  # (flattened latents, ids) of the density reference
-        self._style = None  # (their latent statistics, ids)
+        self._reference = {}  # reference term -> (its space's N x D values, ids) of the density reference
 
     # ------------------------------------------------------------------ measuring (the costly part)
 
@@ -195,20 +220,36 @@ class DiffusionScore(Method):
 
     # ------------------------------------------------------------------ calibration
 
-    def set_density_reference(self, latents: np.ndarray, ids: np.ndarray) -> "DiffusionScore":
-        """Latents the ``density`` and ``style`` terms measure distances to (default: the calibration images'); at most
-        :data:`MAX_DENSITY_REFERENCE`, a seeded sample of larger sets."""
+    def set_density_reference(self, latents: np.ndarray, ids: np.ndarray, features: np.ndarray | None = None,
+                              progress: bool = False) -> "DiffusionScore":
+        """Images the reference terms measure distances to, by their latents (default: the calibration images'); at
+        most :data:`MAX_DENSITY_REFERENCE`, a seeded sample of larger sets. ``features``: their denoiser features,
+        when already computed."""
         latents, ids = np.asarray(latents), np.asarray(ids, dtype=np.int64)
         if len(latents) > MAX_DENSITY_REFERENCE:
             keep = np.sort(np.random.default_rng([self.seed, 13]).choice(len(latents), MAX_DENSITY_REFERENCE, replace=False))
             latents, ids = latents[keep], ids[keep]
-        self._density = (torch.as_tensor(np.ascontiguousarray(latents.reshape(len(latents), -1), dtype=np.float32)),
-                         torch.as_tensor(ids))
-        self._style = (torch.from_numpy(latent_statistics(latents)), torch.as_tensor(ids))
+            features = None if features is None else features[keep]
+        if features is None and self._uses(FEATURE_TERMS):
+            features = self._features(latents, progress)
+        self._reference = {term: (torch.from_numpy(term_space(term, latents, features)), torch.as_tensor(ids))
+                           for term in REFERENCE_TERMS if term in self.terms}
         return self
 
+    def _uses(self, terms) -> bool:
+        return any(t in self.terms for t in terms)
+
     def _uses_reference_latents(self) -> bool:
-        return any(t in self.terms for t in REFERENCE_TERMS)
+        return self._uses(REFERENCE_TERMS)
+
+    def _needs_features(self) -> bool:
+        return bool(self.neighbours) or self._uses(FEATURE_TERMS)
+
+    def _features(self, latents: np.ndarray, progress: bool = False) -> np.ndarray:
+        return self.reconstructor.denoiser.features(latents, batch_size=max(self.batch_size, 64), progress=progress)
+
+    def _features_if_needed(self, latents) -> np.ndarray | None:
+        return self._features(latents) if latents is not None and self._needs_features() else None
 
     def fit(self, reference: Batch) -> "DiffusionScore":
         return self.fit_errors(self.measure(reference), reference.latents, reference.ids)
@@ -220,11 +261,12 @@ class DiffusionScore(Method):
             raise InputError(f"diffusion score: calibration needs at least 2 reference images, got {len(errors.maps)}")
         if self._uses_reference_latents() or self.neighbours:
             if latents is None:
-                raise InputError("diffusion score: the density and style terms and neighbour calibration need the "
+                raise InputError("diffusion score: the reference terms and neighbour calibration need the "
                                  "reference images' latents")
             ids = np.arange(len(latents)) if ids is None else np.asarray(ids, dtype=np.int64)
-            if self._density is None and self._uses_reference_latents():
-                self.set_density_reference(latents, ids)
+        features = self._features_if_needed(latents)
+        if not self._reference and self._uses_reference_latents():
+            self.set_density_reference(latents, ids, features)
         maps = self._smoothed(errors.maps)
         location, scale = robust_location_scale(maps)  # L x h x w each
         sigma = self.smoothing * min(scale.shape[-2:])
@@ -235,10 +277,10 @@ class DiffusionScore(Method):
         self.map_floor_ = np.maximum(floor, 1e-12).astype(np.float32)
         if self.neighbours:
             self.map_reference_ = maps.astype(np.float32)
-            self.map_reference_latents_ = np.ascontiguousarray(np.asarray(latents).reshape(len(maps), -1), dtype=np.float32)
+            self.map_reference_features_ = np.ascontiguousarray(features.reshape(len(maps), -1), dtype=np.float32)
             self.map_reference_ids_ = np.asarray(ids, dtype=np.int64)
         self.term_location_, self.term_scale_ = {}, {}
-        raw = self._raw_terms(errors, self._zmaps(maps, latents, ids).mean(axis=1), latents, ids)
+        raw = self._raw_terms(errors, self._zmaps(maps, features, ids).mean(axis=1), latents, ids, features)
         for name, values in raw.items():
             self.term_location_[name], self.term_scale_[name] = robust_location_scale(np.asarray(values, np.float64))
         self.term_reference_ = {name: np.sort(values) for name, values in self._terms(raw).items()}
@@ -248,17 +290,16 @@ class DiffusionScore(Method):
         """The fitted state as plain arrays (stored beside the scores; no pickles)."""
         out = {"map_location": self.map_location_, "map_scale": self.map_scale_, "map_floor": self.map_floor_}
         if self.neighbours:
-            out.update(map_reference=self.map_reference_, map_reference_latents=self.map_reference_latents_,
+            out.update(map_reference=self.map_reference_, map_reference_features=self.map_reference_features_,
                        map_reference_ids=self.map_reference_ids_)
         for name in self.term_location_:
             out[f"term_location/{name}"] = np.asarray(self.term_location_[name], dtype=np.float64)
             out[f"term_scale/{name}"] = np.asarray(self.term_scale_[name], dtype=np.float64)
         for name, values in self.term_reference_.items():
             out[f"term_reference/{name}"] = values
-        if self._density is not None:
-            out["density_latents"] = self._density[0].numpy()
-            out["density_ids"] = self._density[1].numpy()
-            out["style_statistics"] = self._style[0].numpy()
+        for term, (values, ids) in self._reference.items():
+            out[REFERENCE_KEYS[term]] = values.numpy()
+            out["density_ids"] = ids.numpy()
         return out
 
     def load_calibration(self, arrays: dict[str, np.ndarray]) -> "DiffusionScore":
@@ -267,36 +308,35 @@ class DiffusionScore(Method):
         if self.map_location_.shape[0] != len(self.levels):
             raise InputError(f"stored calibration has {self.map_location_.shape[0]} levels, the scorer {len(self.levels)}")
         if self.neighbours:
-            if "map_reference" not in arrays:
-                raise InputError("stored calibration has no reference maps for neighbour calibration; score again")
+            if "map_reference_features" not in arrays:  # none, or the latents of calibrations before the features
+                raise InputError("stored calibration has no reference features for neighbour calibration; score again")
             self.map_floor_ = np.asarray(arrays["map_floor"], dtype=np.float32)
             self.map_reference_ = np.asarray(arrays["map_reference"], dtype=np.float32)
-            self.map_reference_latents_ = np.asarray(arrays["map_reference_latents"], dtype=np.float32)
+            self.map_reference_features_ = np.asarray(arrays["map_reference_features"], dtype=np.float32)
             self.map_reference_ids_ = np.asarray(arrays["map_reference_ids"], dtype=np.int64)
         pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
         self.term_location_, self.term_scale_ = pick("term_location/"), pick("term_scale/")
         self.term_reference_ = pick("term_reference/")
-        if "density_latents" in arrays:
-            self._density = (torch.as_tensor(np.asarray(arrays["density_latents"], np.float32)),
-                             torch.as_tensor(np.asarray(arrays["density_ids"], np.int64)))
-        if "style_statistics" in arrays:
-            self._style = (torch.as_tensor(np.asarray(arrays["style_statistics"], np.float32)), self._density[1])
-        elif "style" in self.terms:
-            raise InputError("stored calibration has no reference statistics for the style term; score again")
+        self._reference = {}
+        for term in (t for t in REFERENCE_TERMS if t in self.terms):
+            if REFERENCE_KEYS[term] not in arrays:
+                raise InputError(f"stored calibration has no reference for the {term} term; score again")
+            self._reference[term] = (torch.as_tensor(np.asarray(arrays[REFERENCE_KEYS[term]], np.float32)),
+                                     torch.as_tensor(np.asarray(arrays["density_ids"], np.int64)))
         return self
 
     # ------------------------------------------------------------------ scoring
 
-    def _zmaps(self, maps: np.ndarray, latents=None, ids=None) -> np.ndarray:
-        """N x L x h x w smoothed error maps -> z-maps against the reference (its images nearest each image's latent
-        when ``neighbours`` is set and the reference has more images than that)."""
+    def _zmaps(self, maps: np.ndarray, features=None, ids=None) -> np.ndarray:
+        """N x L x h x w smoothed error maps -> z-maps against the reference (its images nearest each image's
+        denoiser ``features`` when ``neighbours`` is set and the reference has more images than that)."""
         if not self.neighbours or len(self.map_reference_) <= self.neighbours:
             return (maps - self.map_location_[None]) / self.map_scale_[None]
-        if latents is None:
+        if features is None:
             raise InputError("diffusion score: neighbour calibration needs the scored images' latents")
         reference = torch.from_numpy(self.map_reference_)
-        nearest = nearest_rows(np.asarray(latents), np.arange(len(maps)) if ids is None else ids,
-                               torch.from_numpy(self.map_reference_latents_), torch.from_numpy(self.map_reference_ids_),
+        nearest = nearest_rows(np.asarray(features), np.arange(len(maps)) if ids is None else ids,
+                               torch.from_numpy(self.map_reference_features_), torch.from_numpy(self.map_reference_ids_),
                                self.neighbours)
         floor = torch.from_numpy(self.map_floor_)[None, :, None, None] ** 2
         out = np.empty(maps.shape, dtype=np.float32)
@@ -308,17 +348,15 @@ class DiffusionScore(Method):
             out[start:start + 64] = ((chunk - location) / (scale**2 + floor).sqrt()).numpy()
         return out
 
-    def _raw_terms(self, errors: LevelErrors, heat: np.ndarray, latents=None, ids=None) -> dict[str, np.ndarray]:
+    def _raw_terms(self, errors: LevelErrors, heat: np.ndarray, latents=None, ids=None, features=None) -> dict[str, np.ndarray]:
         """Raw (unstandardised) values of every term part, per image (``heat``: the N x h x w heatmaps)."""
         raw = {f"global/{level_label(t)}": errors.maps[:, i].mean(axis=(1, 2)).astype(np.float64) for i, t in enumerate(self.levels)}
         raw.update({f"latent/{level_label(t)}": errors.latent[:, i].astype(np.float64) for i, t in enumerate(self.levels) if t > 0})
         raw["local"] = top_k_mean(torch.from_numpy(np.ascontiguousarray(heat)), self.top_k).numpy().astype(np.float64)
         if latents is not None:
             ids = np.arange(len(latents)) if ids is None else ids
-            if "density" in self.terms:
-                raw["density"] = knn_distance(np.asarray(latents), ids, *self._density, self.k)
-            if "style" in self.terms:
-                raw["style"] = knn_distance(latent_statistics(latents), ids, *self._style, self.k)
+            for term, reference in self._reference.items():
+                raw[term] = knn_distance(term_space(term, latents, features), ids, *reference, self.k)
         return raw
 
     def _terms(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -332,16 +370,20 @@ class DiffusionScore(Method):
         terms.update({k: v for k, v in z.items() if "/" in k})
         return terms
 
-    def heatmaps(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> np.ndarray:
-        """N x h x w mean z-map over levels."""
-        return self._zmaps(self._smoothed(errors.maps), latents, ids).mean(axis=1)
+    def heatmaps(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None,
+                 features: np.ndarray | None = None) -> np.ndarray:
+        """N x h x w mean z-map over levels (``features``: the images' denoiser features, computed when not given)."""
+        if features is None:
+            features = self._features_if_needed(latents)
+        return self._zmaps(self._smoothed(errors.maps), features, ids).mean(axis=1)
 
     def score_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> Scores:
         if (self._uses_reference_latents() or self.neighbours) and latents is None:
-            raise InputError("diffusion score: the density and style terms and neighbour calibration need the scored "
+            raise InputError("diffusion score: the reference terms and neighbour calibration need the scored "
                              "images' latents")
-        heat = self.heatmaps(errors, latents, ids)
-        terms = self._terms(self._raw_terms(errors, heat, latents, ids))
+        features = self._features_if_needed(latents)
+        heat = self.heatmaps(errors, latents, ids, features)
+        terms = self._terms(self._raw_terms(errors, heat, latents, ids, features))
         surprise = {name: tail_surprise(terms[name], self.term_reference_[name]) for name in self.terms if name in terms}
         if len(surprise) != len(self.terms):
             raise InputError(f"diffusion score: terms {self.terms} but the latent error needs a level above 0")
@@ -355,3 +397,9 @@ class DiffusionScore(Method):
 
     def score(self, batch: Batch) -> Scores:
         return self.score_errors(self.measure(batch), batch.latents, batch.ids)
+
+    def calls_per_image(self) -> dict[str, int]:
+        """Model calls per scored image: the reconstructions', plus one denoiser call for its features."""
+        calls = dict(self.reconstructor.calls_per_image())
+        calls["denoiser"] = calls.get("denoiser", 0) + int(self._needs_features())
+        return calls

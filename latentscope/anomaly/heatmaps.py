@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, ModelError, ScopeError
+from ..errors import ImageError, InputError, ModelError, ScopeError
 from ..fileio import load_npy, write_bytes
 from ..scope import Scope
 from .maps import overlay, png_bytes
@@ -85,7 +85,11 @@ class Heatmaps:
             options = {"neighbours": 0, **{k: self.params[k] for k in keys if k in self.params}}  # 0: scores from before it
             self._scorer = DiffusionScore(codec, denoiser, **options)
             with np.load(self.paths["calibration"], allow_pickle=False) as stored:
-                self._scorer.load_calibration({k: stored[k] for k in stored.files})
+                try:
+                    self._scorer.load_calibration({k: stored[k] for k in stored.files})
+                except InputError as exc:  # stored by an older version
+                    self._scorer = None
+                    raise ScopeError(f"{self.paths['calibration']}: {exc}") from None
         batch = self.images.batch([image_id])
         return self._scorer.heatmaps(self._scorer.measure(batch), batch.latents, batch.ids)[0]
 

@@ -386,7 +386,7 @@ def score(
         # ids of another scope's images are shifted below zero so they never match a scored image's own id
         shift = (lambda ids: ids) if self_reference else (lambda ids: -1 - np.asarray(ids, np.int64))
         density_ids = _sample_ids(ref_images.ids, MAX_DENSITY_REFERENCE, seed)
-        scorer.set_density_reference(_latents_for(ref_images, density_ids), shift(density_ids))
+        scorer.set_density_reference(_latents_for(ref_images, density_ids), shift(density_ids), progress=progress)
         ref_latents = _latents_for(ref_images, measured["ids"])
         scorer.fit_errors(errors, ref_latents, shift(measured["ids"]))
         if self_reference:

@@ -14,9 +14,9 @@ def register(subparsers) -> None:
         description="Score every encoded image of SCOPE by diffusion reconstruction error: noise each latent to several "
         "levels t, denoise back with DDIM, decode and compare with the image, calibrated per level and per pixel "
         "position against normal images (a sample of the scope itself unless --reference is given), together with how "
-        "typical each latent is among the reference latents (distance to its nearest neighbours) and how typical its "
-        "per-channel means and spreads are (overall colour, tone, texture); the score is the largest tail surprise "
-        "of these terms. Writes "
+        "typical each image is among the reference images in the denoiser's eyes (distance to its nearest neighbours "
+        "by the denoiser's bottleneck features, position by position and averaged over positions); the score is the "
+        "largest tail surprise of these terms. Writes "
         "scores/NAME.parquet and a heatmap per image; an interrupted run resumes when rerun with the same options. "
         "Baselines (--method) write the same files.",
     )
@@ -31,10 +31,10 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, help="DDIM steps per level (default 5)")
     parser.add_argument("--draws", type=positive_int, help="noise draws averaged per level (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and the reference sample (default 0)")
-    parser.add_argument("--terms", nargs="+", choices=("local", "global", "latent", "density", "style"),
-                        help="image terms combined into the score (default: local density style)")
+    parser.add_argument("--terms", nargs="+", choices=("local", "global", "latent", "density", "style", "content", "gist"),
+                        help="image terms combined into the score (default: local content gist)")
     parser.add_argument("--top-k", type=fraction, help="share of the heatmap averaged into the local term (default 0.01)")
-    parser.add_argument("--neighbours", type=non_negative_int, help="nearest reference images (in latent space) whose "
+    parser.add_argument("--neighbours", type=non_negative_int, help="nearest reference images (by the denoiser's features) whose "
                         "error maps calibrate each image's heatmap; 0 = all reference images (default 16)")
     parser.add_argument("--reference", help="scope of known-normal images (same model) to calibrate against "
                         "(default: a sample of SCOPE itself)")
