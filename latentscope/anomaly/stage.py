@@ -476,7 +476,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def score_terms(scope: Scope, name: str = "default", frame: pd.DataFrame | None = None) -> pd.DataFrame | None:
-    """The terms a stored score combined (the diffusion score's ``local``, ``density``, ...) by image id: their
+    """The terms a stored score combined (the diffusion score's ``local``, ``content``, ...) by image id: their
     robust z-scores against the reference images, and their tail surprises (``surprise:local``, ...; the score is
     the largest) where stored; None for a score without terms."""
     scope = scope if isinstance(scope, Scope) else Scope(scope)
@@ -490,7 +490,7 @@ def score_terms(scope: Scope, name: str = "default", frame: pd.DataFrame | None 
 
 
 def describe_terms(row: pd.Series) -> str:
-    """'style 7.2, local 1.0, density -0.5': one image's terms as z-scores, the one that drives its score first
+    """'gist 7.2, local 1.0, content -0.5': one image's terms as z-scores, the one that drives its score first
     (by the tail surprise the score takes the largest of, where stored; by z otherwise)."""
     z = {term: float(value) for term, value in row.items() if not str(term).startswith(SURPRISE_PREFIX)}
     rank = {term: float(row.get(SURPRISE_PREFIX + term, value)) for term, value in z.items()}

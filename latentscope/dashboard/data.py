@@ -170,7 +170,7 @@ class ExplorerData:
         return name.removeprefix("score:") in self._score_terms
 
     def score_terms(self, name: str, image_id: int) -> str:
-        """'style 7.2, local 1.0, density -0.5': the terms score ``name`` (or ``score:NAME``) combined for one image,
+        """'gist 7.2, local 1.0, content -0.5': the terms score ``name`` (or ``score:NAME``) combined for one image,
         largest first; empty for a score without terms."""
         from ..anomaly.stage import describe_terms
 
