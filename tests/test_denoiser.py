@@ -94,6 +94,20 @@ def test_schedule_and_level_checks():
         denoiser.denoise(torch.zeros(1, 4, 4, 4), 0.5, 0)
 
 
+def test_features_fall_back_to_the_last_down_block_without_a_mid_block():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, mid_block_type=None)
+    denoiser = Denoiser(unet, build_scheduler().alphas_cumprod, device="cpu")
+    latents = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
+    features = denoiser.features(latents)
+    assert features.shape == (3, 16, 4, 4) and np.isfinite(features).all()
+    assert not np.allclose(features[0], features[1])  # they depend on the image
+
+
 def test_model_without_unet_is_refused(tmp_path, kl_folder):
     with pytest.raises(ModelError, match="no unet"):
         Denoiser.from_pretrained(str(kl_folder))
