@@ -15,6 +15,9 @@ of A and B is evaluated on its own against the other eight classes (five models
 cover all ten digits, half the training cost of one model per digit).
 ``photos``: photo patches (``benchmarks/colour_sets.py``) without five source
 pictures chosen by seed; each held-out source is evaluated on its own.
+``icons``: Papirus app icons; the anomalies are icons of other kinds from the
+same theme (folders of ``places``, ``devices``, documents of ``mimetypes``),
+each evaluated on its own: same style and palette, another kind of object.
 
 Models are cached under ``benchmarks/data/anomaly/`` (gitignored) and reused.
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.colour_sets import DATA_DIR, load_set
+from benchmarks.colour_sets import DATA_DIR, load_icon_context, load_set
 from latentscope.datasets import digits_array
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ MODEL_DIR = DATA_DIR / "anomaly"
 TEST_FRACTION = 0.2
 DIGIT_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 PHOTO_HOLDOUTS = 5
+ICON_CONTEXTS = ("places", "devices", "mimetypes")
 # the shipped demo model's recipe (short runs: ~10k images seen by the autoencoder)
 DIGITS_TRAINING = dict(epochs=8, denoiser_epochs=12, seed=0)
 PHOTOS_TRAINING = dict(epochs=10, denoiser_epochs=16, seed=0)
@@ -94,8 +98,16 @@ def photos_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
                 images[test_idx], anomalies, dict(PHOTOS_TRAINING))
 
 
+def icons_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
+    images, _ = load_set("icons", size, count)
+    train_idx, test_idx = _split_normals(np.arange(len(images)), seed)
+    anomalies = {f"{context} icons": load_icon_context(context, size, seed=seed) for context in ICON_CONTEXTS}
+    return Task(f"icons-{size}px-seed{seed}", f"icons {size}px", images[train_idx], images[test_idx], anomalies,
+                dict(PHOTOS_TRAINING))
+
+
 def all_tasks() -> list[Task]:
-    return [digits_task(DIGIT_PAIRS[0]), photos_task(), *(digits_task(p) for p in DIGIT_PAIRS[1:])]
+    return [digits_task(DIGIT_PAIRS[0]), photos_task(), icons_task(), *(digits_task(p) for p in DIGIT_PAIRS[1:])]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.anomaly_data import MODEL_DIR, Task, digits_task, photos_task  # noqa: E402
+from benchmarks.anomaly_data import MODEL_DIR, Task, digits_task, icons_task, photos_task  # noqa: E402
 from benchmarks.results import command_line, machine_line, write_section  # noqa: E402
 from latentscope.anomaly import DEFAULT_DRAWS, DEFAULT_LEVELS, DEFAULT_STEPS, Batch, DiffusionScore  # noqa: E402
 from latentscope.anomaly.diffusion import DEFAULT_TERMS  # noqa: E402
@@ -128,7 +128,7 @@ def protocol_means(per_case: dict[str, dict], metric: str = "auroc") -> dict[str
 
 
 def tasks(names) -> list[Task]:
-    known = {t.name: t for t in (digits_task((0, 1)), digits_task((2, 3)), photos_task())}
+    known = {t.name: t for t in (digits_task((0, 1)), digits_task((2, 3)), photos_task(), icons_task())}
     return [known[n] for n in names]
 
 
@@ -190,7 +190,8 @@ def fmt(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["digits-holdout-01", "digits-holdout-23", "photos-32px-holdout5-seed0"])
+    parser.add_argument("--tasks", nargs="+", default=["digits-holdout-01", "digits-holdout-23", "photos-32px-holdout5-seed0",
+                                                        "icons-32px-seed0"])
     parser.add_argument("--sweep-tasks", nargs="*", default=["digits-holdout-01", "photos-32px-holdout5-seed0"])
     parser.add_argument("--throughput-images", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="small pools (a smoke run; figures not comparable)")

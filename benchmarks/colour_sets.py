@@ -45,7 +45,8 @@ from latentscope.images import fit_image, open_image, read_file
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SET_NAMES = ("icons", "photos")
 VERSION = 1  # bump when the recipe changes, so stale caches are not reused
-ICON_DIR = Path("/usr/share/icons/Papirus/64x64/apps")
+ICON_ROOT = Path("/usr/share/icons/Papirus/64x64")
+ICON_DIR = ICON_ROOT / "apps"
 PLASMA_DIR = Path("/usr/share/wallpapers")
 GNOME_DIR = Path("/usr/share/backgrounds/gnome")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -92,19 +93,42 @@ def describe(images: np.ndarray, groups: np.ndarray) -> str:
 # --------------------------------------------------------------------------- icons
 
 
-def build_icons(size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` distinct Papirus app icons (symbolic-link aliases removed), rendered at ``size``."""
-    if not ICON_DIR.is_dir() or shutil.which("rsvg-convert") is None:
-        raise InputError(f"icons set needs Papirus and rsvg-convert: {INSTALL_HINT}")
-    unique: dict[str, Path] = {}  # content hash -> first file (by name) with that content
-    for path in sorted({p.resolve() for p in ICON_DIR.glob("*.svg") if p.is_file()}, key=lambda p: p.name):
+def _icon_hashes(folder: Path) -> dict[str, Path]:
+    """Content hash -> first file (by name) with that content, over the folder's icons (symbolic-link aliases removed)."""
+    unique: dict[str, Path] = {}
+    for path in sorted({p.resolve() for p in folder.glob("*.svg") if p.is_file()}, key=lambda p: p.name):
         unique.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), path)
+    return unique
+
+
+def build_icons(size: int, count: int, seed: int, folder: Path = ICON_DIR, at_most: bool = False,
+                exclude: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` distinct Papirus icons of ``folder`` (default: the app icons), rendered at ``size``; ``at_most``: all
+    of them when the folder has fewer; ``exclude``: content hashes left out."""
+    if not folder.is_dir() or shutil.which("rsvg-convert") is None:
+        raise InputError(f"icons set needs Papirus and rsvg-convert: {INSTALL_HINT}")
+    unique = {h: p for h, p in _icon_hashes(folder).items() if h not in exclude}
     unique = sorted(unique.values(), key=lambda p: p.name)
+    count = min(count, len(unique)) if at_most else count
     if len(unique) < count:
-        raise InputError(f"icons set: only {len(unique)} distinct icons in {ICON_DIR}, asked for {count}")
+        raise InputError(f"icons set: only {len(unique)} distinct icons in {folder}, asked for {count}")
     chosen = [unique[i] for i in sorted(np.random.default_rng(seed).choice(len(unique), count, replace=False))]
     images = np.stack([_render_svg(path, size) for path in chosen])
     return images, np.array([p.stem for p in chosen])
+
+
+def load_icon_context(context: str, size: int = 32, count: int = 120, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` distinct icons of another Papirus context (``places``, ``devices``, ``mimetypes``; no app icon
+    among them, as their content differs), cached like the sets."""
+    path = DATA_DIR / f"icons-{context}-{size}px-{count}-seed{seed}-v{VERSION}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as stored:
+            return stored["images"]
+    images, _ = build_icons(size, count, seed, ICON_ROOT / context, at_most=True, exclude=frozenset(_icon_hashes(ICON_DIR)))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, images=images)
+    return images
 
 
 def _render_svg(path: Path, size: int, background=(255, 255, 255)) -> np.ndarray:
