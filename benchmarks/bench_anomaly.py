@@ -202,7 +202,7 @@ def main() -> None:
     sizes = (dict(reference_size=64, max_normal=60, max_per_class=30) if args.quick
              else dict(reference_size=512, max_normal=300, max_per_class=120))
     methods = ("diffusion", *BASELINES)
-    rows, described, sweeps, ablation, all_maps = [], [], {}, {}, {}
+    rows, described, sweeps, ablation, all_maps, kinds = [], [], {}, {}, {}, {}
     for task in tasks(args.tasks):
         prepared = Prepared(task, **sizes)
         n_normal = len(prepared.pool.cases[0].normal)
@@ -225,6 +225,11 @@ def main() -> None:
             log.info("%s %s: %s", task.name, protocol, {m: round(row[m], 3) for m in methods})
         ablation[task.name] = {terms: protocol_means(metrics(prepared.pool, prepared.diffusion(terms=terms)))
                                for terms in TERM_SETS}
+        by_kind = {"default": results["diffusion"], "`local` alone": prepared.diffusion(terms=("local",)),
+                   "roundtrip": results["roundtrip"], "pca-pixel": results["pca-pixel"]}
+        defects = next(c for c in prepared.pool.cases if c.protocol == "defects")
+        kinds[task.name] = {name: {kind: case_metrics(case, result)["auroc"] for kind, case in defects.by_kind().items()}
+                            for name, result in by_kind.items()}
         everyone = metrics(prepared.pool, prepared.diffusion(neighbours=0))
         all_maps[task.name] = {"defects": protocol_means(everyone)["defects"],
                                "pixel": protocol_means(everyone, "pixel_auroc")["defects"]}
@@ -238,7 +243,7 @@ def main() -> None:
                                           **calls(prepared, levels, DEFAULT_STEPS, draws)})
                 log.info("sweep %s %s draws %d: %s", task.name, levels, draws, means)
     speed = throughput(tasks(args.tasks[:1])[0], args.throughput_images) if args.throughput_images else None
-    section = render(rows, described, sweeps, ablation, all_maps, speed, methods, args.quick)
+    section = render(rows, described, sweeps, ablation, all_maps, kinds, speed, methods, args.quick)
     if args.no_write:
         print(section)
     else:
@@ -246,7 +251,7 @@ def main() -> None:
         print(section)
 
 
-def render(rows, described, sweeps, ablation, all_maps, speed, methods, quick: bool) -> str:
+def render(rows, described, sweeps, ablation, all_maps, kinds, speed, methods, quick: bool) -> str:
     lines = ["## Anomaly scores (`latentscope score`, `latentscope eval-anomaly`)", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine_line()}; 1-minute load average {os.getloadavg()[0]:.1f} "
              "at the end of the run (absolute times depend on the machine's other work; the throughput ratio compares "
@@ -317,6 +322,13 @@ def render(rows, described, sweeps, ablation, all_maps, speed, methods, quick: b
                       f"{task} {fmt(rows_by[(task, 'defects')]['diffusion'])} / {fmt(rows_by[(task, 'defects')]['diffusion:pixel'])}"
                       f" against {fmt(everyone['defects'])} / {fmt(everyone['pixel'])}"
                       for task, everyone in all_maps.items()) + "."]
+    if kinds:
+        names = list(dict.fromkeys(k for by_method in kinds.values() for by in by_method.values() for k in by))
+        lines += ["", "### Defects by kind (image AUROC; the copies with one kind of defect against the normal test images)", "",
+                  "| task | method | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for task, by_method in kinds.items():
+            for method, by in by_method.items():
+                lines.append(f"| {task} | {method} | " + " | ".join(fmt(by.get(k)) for k in names) + " |")
     if sweeps:
         lines += ["", "### Cost against quality (default score, 5 DDIM steps; calls per image)", "",
                   "| task | levels | draws | denoiser calls | decoder calls | semantic AUROC | defects AUROC | defects pixel AUROC |",

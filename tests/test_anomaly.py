@@ -27,6 +27,7 @@ from latentscope.anomaly import (
     semantic_cases,
 )
 from latentscope.anomaly.defects import CHANGED, KINDS
+from latentscope.anomaly.evaluate import Case
 from latentscope.anomaly.diffusion import MAD_TO_SIGMA
 from latentscope.anomaly.reconstruct import LevelErrors
 from latentscope.cli import main
@@ -140,6 +141,21 @@ def test_defects_on_a_flat_image_fall_back_to_a_visible_kind():
     flat = np.full((2, 32, 32, 3), 200, np.uint8)
     out = paste_defects(flat, ("blur",), seed=0)
     assert set(out.kinds) != {"blur"} and out.masks.any(axis=(1, 2)).all()
+
+
+def test_defect_case_splits_by_kind():
+    images, _ = digits()
+    pool = Pool(np.zeros((0, SIZE, SIZE, 3), np.uint8))
+    normal_rows = pool.add(images[:15])
+    case = defect_case(pool, normal_rows, seed=0)
+    parts = case.by_kind()
+    assert list(parts) == list(dict.fromkeys(case.kinds)) and set(parts) <= set(KINDS)
+    assert sum(len(p.anomalous) for p in parts.values()) == len(case.anomalous) == 15
+    for kind, part in parts.items():
+        np.testing.assert_array_equal(part.normal, normal_rows)
+        np.testing.assert_array_equal(part.anomalous, case.anomalous[case.kinds == kind])
+        np.testing.assert_array_equal(part.masks, case.masks[case.kinds == kind])
+    assert Case("semantic: x", "semantic", normal_rows, normal_rows).by_kind() == {}
 
 
 # --------------------------------------------------------------------------- calibration maths

@@ -32,13 +32,23 @@ DEFAULT_METHODS = ("diffusion", "roundtrip", "knn-latent", "iforest-latent", "pc
 
 @dataclass
 class Case:
-    """Normal and anomalous rows of the test pool; ``masks`` (len(anomalous) x H x W) when defects have them."""
+    """Normal and anomalous rows of the test pool; ``masks`` (len(anomalous) x H x W) and ``kinds`` (each anomalous
+    image's defect kind) when defects have them."""
 
     name: str
     protocol: str
     normal: np.ndarray
     anomalous: np.ndarray
     masks: np.ndarray | None = None
+    kinds: np.ndarray | None = None
+
+    def by_kind(self) -> dict[str, "Case"]:
+        """One case per defect kind (the same normal rows against the copies with that kind)."""
+        if self.kinds is None:
+            return {}
+        return {str(kind): Case(f"{self.name} ({kind})", self.protocol, self.normal, self.anomalous[self.kinds == kind],
+                                None if self.masks is None else self.masks[self.kinds == kind])
+                for kind in dict.fromkeys(self.kinds)}
 
 
 @dataclass
@@ -67,7 +77,8 @@ def semantic_cases(pool: Pool, normal_rows: np.ndarray, anomalies: dict[str, np.
 def defect_case(pool: Pool, normal_rows: np.ndarray, kinds=KINDS, seed: int = 0) -> Case:
     """Copies of the normal images with one synthetic defect each (kinds in turn), with masks."""
     defects = paste_defects(pool.pixels[normal_rows], kinds, seed)
-    case = Case("defects: " + ", ".join(kinds), "defects", normal_rows, pool.add(defects.images), defects.masks)
+    case = Case("defects: " + ", ".join(kinds), "defects", normal_rows, pool.add(defects.images), defects.masks,
+                defects.kinds)
     pool.cases.append(case)
     return case
 
