@@ -478,8 +478,10 @@ def test_evaluate_reports_every_method_on_both_protocols(models):
     defect_case(pool, normal_rows, seed=0)
     report = evaluate(codec, denoiser, normal, pool, reference_size=64, options=FAST)
     table = report.table()
-    assert set(table) == {"semantic: digit 7", "defects: blob, scratch, blur, colour, noise"}
+    by_kind = {f"defects: {kind} only" for kind in pool.cases[-1].kinds}
+    assert set(table) == {"semantic: digit 7", "defects: blob, scratch, blur, colour, noise", *by_kind} and len(by_kind) > 1
     assert set(table["semantic: digit 7"]) == {"diffusion", "roundtrip", "knn-latent", "iforest-latent", "pca-pixel", "knn-pixel"}
+    assert set(report.protocol_means()) == {"semantic", "defects", "defects by kind"}
     defects = {r["method"]: r for r in report.rows if r["protocol"] == "defects"}
     assert "pixel_auroc" in defects["diffusion"] and "pixel_auroc" not in defects["knn-latent"]
     assert defects["diffusion"]["auroc"] > 0.8

@@ -28,6 +28,7 @@ from .metrics import image_metrics, pixel_auroc
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("diffusion", "roundtrip", "knn-latent", "iforest-latent", "pca-pixel", "knn-pixel")
+BY_KIND = "defects by kind"  # protocol of the per-kind breakdown of a defects case (kept out of the defects mean)
 
 
 @dataclass
@@ -43,10 +44,11 @@ class Case:
     kinds: np.ndarray | None = None
 
     def by_kind(self) -> dict[str, "Case"]:
-        """One case per defect kind (the same normal rows against the copies with that kind)."""
+        """One case per defect kind (the same normal rows against the copies with that kind), protocol
+        :data:`BY_KIND`."""
         if self.kinds is None:
             return {}
-        return {str(kind): Case(f"{self.name} ({kind})", self.protocol, self.normal, self.anomalous[self.kinds == kind],
+        return {str(kind): Case(f"{self.protocol}: {kind} only", BY_KIND, self.normal, self.anomalous[self.kinds == kind],
                                 None if self.masks is None else self.masks[self.kinds == kind])
                 for kind in dict.fromkeys(self.kinds)}
 
@@ -175,10 +177,19 @@ def evaluate(
             built[name].set_density_reference(reference.latents, reference.ids)
     results, seconds = run_methods(built, reference, test, reference.take(sample))
     rows = []
-    for case in pool.cases:
+    for case in _with_kinds(pool.cases):
         for name in methods:
             rows.append({"case": case.name, "protocol": case.protocol, "method": name, **case_metrics(case, results[name])})
     return Report(rows, seconds)
+
+
+def _with_kinds(cases: list[Case]) -> list[Case]:
+    """The cases, each defects case followed by one case per kind when it mixes several."""
+    out = []
+    for case in cases:
+        parts = case.by_kind()
+        out += [case, *parts.values()] if len(parts) > 1 else [case]
+    return out
 
 
 # --------------------------------------------------------------------------- folders (the eval-anomaly command)
