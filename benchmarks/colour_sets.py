@@ -59,12 +59,17 @@ def load_set(name: str, size: int = 32, count: int = 2000, seed: int = 0, cache:
     """Images (uint8 N x size x size x 3) and their group labels (str), built once and cached."""
     if name not in SET_NAMES:
         raise InputError(f"colour set {name!r}: choose one of {', '.join(SET_NAMES)}")
+    builder = build_icons if name == "icons" else build_photos
     path = DATA_DIR / f"{name}-{size}px-{count}-seed{seed}-v{VERSION}.npz"
+    return _cached(path, lambda: builder(size, count, seed), cache)
+
+
+def _cached(path: Path, build, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``build()``'s (images, groups), read from ``path`` when stored there, else built and (with ``cache``) stored."""
     if cache and path.exists():
         with np.load(path, allow_pickle=False) as stored:
             return stored["images"], stored["groups"]
-    builder = build_icons if name == "icons" else build_photos
-    images, groups = builder(size, count, seed)
+    images, groups = build()
     if cache:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
@@ -121,13 +126,8 @@ def load_icon_context(context: str, size: int = 32, count: int = 120, seed: int 
     """Up to ``count`` distinct icons of another Papirus context (``places``, ``devices``, ``mimetypes``; no app icon
     among them, as their content differs), cached like the sets."""
     path = DATA_DIR / f"icons-{context}-{size}px-{count}-seed{seed}-v{VERSION}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return stored["images"]
-    images, _ = build_icons(size, count, seed, ICON_ROOT / context, at_most=True, exclude=frozenset(_icon_hashes(ICON_DIR)))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=images)
+    images, _ = _cached(path, lambda: build_icons(size, count, seed, ICON_ROOT / context, at_most=True,
+                                                  exclude=frozenset(_icon_hashes(ICON_DIR))))
     return images
 
 

@@ -201,7 +201,8 @@ class DiffusionScore(Method):
             raise InputError(f"neighbours={neighbours}: must be 0 (all reference images) or more")
         self.neighbours = int(neighbours)
         self.batch_size = int(batch_size)
-        self._reference = {}  # reference term -> (its space's N x D values, ids) of the density reference
+        self._reference = {}  # reference term -> its space's N x D values for the density reference's images
+        self._reference_ids = None  # ... and those images' ids
 
     # ------------------------------------------------------------------ measuring (the costly part)
 
@@ -232,8 +233,9 @@ class DiffusionScore(Method):
             features = None if features is None else features[keep]
         if features is None and self._uses(FEATURE_TERMS):
             features = self._features(latents, progress)
-        self._reference = {term: (torch.from_numpy(term_space(term, latents, features)), torch.as_tensor(ids))
+        self._reference = {term: torch.from_numpy(term_space(term, latents, features))
                            for term in REFERENCE_TERMS if term in self.terms}
+        self._reference_ids = torch.as_tensor(ids)
         return self
 
     def _uses(self, terms) -> bool:
@@ -297,9 +299,10 @@ class DiffusionScore(Method):
             out[f"term_scale/{name}"] = np.asarray(self.term_scale_[name], dtype=np.float64)
         for name, values in self.term_reference_.items():
             out[f"term_reference/{name}"] = values
-        for term, (values, ids) in self._reference.items():
+        for term, values in self._reference.items():
             out[REFERENCE_KEYS[term]] = values.numpy()
-            out["density_ids"] = ids.numpy()
+        if self._reference:
+            out["density_ids"] = self._reference_ids.numpy()
         return out
 
     def load_calibration(self, arrays: dict[str, np.ndarray]) -> "DiffusionScore":
@@ -321,8 +324,9 @@ class DiffusionScore(Method):
         for term in (t for t in REFERENCE_TERMS if t in self.terms):
             if REFERENCE_KEYS[term] not in arrays:
                 raise InputError(f"stored calibration has no reference for the {term} term; score again")
-            self._reference[term] = (torch.as_tensor(np.asarray(arrays[REFERENCE_KEYS[term]], np.float32)),
-                                     torch.as_tensor(np.asarray(arrays["density_ids"], np.int64)))
+            self._reference[term] = torch.as_tensor(np.asarray(arrays[REFERENCE_KEYS[term]], np.float32))
+        if self._reference:
+            self._reference_ids = torch.as_tensor(np.asarray(arrays["density_ids"], np.int64))
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -356,7 +360,7 @@ class DiffusionScore(Method):
         if latents is not None:
             ids = np.arange(len(latents)) if ids is None else ids
             for term, reference in self._reference.items():
-                raw[term] = knn_distance(term_space(term, latents, features), ids, *reference, self.k)
+                raw[term] = knn_distance(term_space(term, latents, features), ids, reference, self._reference_ids, self.k)
         return raw
 
     def _terms(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
