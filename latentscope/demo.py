@@ -83,9 +83,9 @@ def project_latents(run: DemoRun) -> list[str]:
 
 
 #: The demo's scoring setting, reduced to keep the demo to about a minute on two CPU cores: only level 0 (the
-#: autoencoder round trip, one decoder call per image) with the calibrated heatmap and the latent density term.
-#: 'latentscope score' defaults to levels 0, 0.1 and 0.25 with five DDIM steps and four draws per noisy level
-#: (40 denoiser and 9 decoder calls per image).
+#: autoencoder round trip, one decoder call per image) with the calibrated heatmap and the content and gist terms
+#: (one denoiser call per image for its features). 'latentscope score' defaults to levels 0, 0.1 and 0.25 with
+#: five DDIM steps and four draws per noisy level (41 denoiser and 9 decoder calls per image).
 DEMO_SCORE = dict(levels=(0.0,), reference_size=256)
 
 

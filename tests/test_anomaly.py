@@ -420,6 +420,27 @@ def test_resumed_run_gives_identical_scores(digits_scope, monkeypatch):
     np.testing.assert_array_equal(np.load(digits_scope / "scores" / "whole.maps.npy"), np.load(digits_scope / "scores" / "resumed.maps.npy"))
 
 
+def test_up_to_date_scores_are_reused_until_something_changes(digits_scope, monkeypatch):
+    options = dict(name="reuse", reference_size=16, batch_size=16, progress=False, top=3, **FAST)
+    first = score(digits_scope, **options)
+    assert not first.reused
+
+    def refuse(self, batch):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(DiffusionScore, "measure", refuse)
+    again = score(digits_scope, **{**options, "batch_size": 8})  # the batch size changes no score
+    assert again.reused and again.scored == 80
+    assert "up to date with the images and settings" in "\n".join(again.lines())
+    pd.testing.assert_frame_equal(again.top, first.top)
+    for changed in ({"force": True}, {"seed": 1}, {"levels": (0.0,)}, {"reference_size": 17}):
+        with pytest.raises(AssertionError, match="scored again"):
+            score(digits_scope, **{**options, **changed})
+    (digits_scope / "scores" / "reuse.maps.npy").unlink()  # a file of the stored scores is gone
+    with pytest.raises(AssertionError, match="scored again"):
+        score(digits_scope, **options)
+
+
 def test_heatmap_png_from_stored_maps_and_recomputed(digits_scope):
     score(digits_scope, name="nomaps", reference_size=24, batch_size=16, progress=False, maps=False, **FAST)
     score(digits_scope, name="withmaps", reference_size=24, batch_size=16, progress=False, **FAST)
@@ -497,6 +518,11 @@ def test_score_cli_runs_and_lists_the_top(digits_scope, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "most anomalous 3:" in out
     assert len(list((digits_scope.parent / "export").glob("*.png"))) == 3
+    code = main(["-q", "score", str(digits_scope), "--name", "cli", "--levels", "0", "0.1", "--steps", "2", "--draws", "2",
+                 "--reference-size", "20", "--top", "3", "--export", str(digits_scope.parent / "again")])
+    out = capsys.readouterr().out
+    assert code == 0 and "up to date" in out and "most anomalous 3:" in out
+    assert len(list((digits_scope.parent / "again").glob("*.png"))) == 3
 
 
 @pytest.mark.parametrize(

@@ -122,12 +122,17 @@ class ScoreSummary:
     seconds: float = 0.0
     top: pd.DataFrame | None = None
     engine: str = "local"
+    reused: bool = False  # the stored scores were up to date: nothing was computed
 
     @property
     def images_per_second(self) -> float:
         return (self.scored - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
+        if self.reused:
+            out = [f"scope: {self.scope}", f"scores/{self.name}.parquet: up to date with the images and settings "
+                   f"({self.scored} images scored with {self.method}); reused, --force scores again"]
+            return out + self._top_lines()
         out = [f"scope: {self.scope}", f"scores/{self.name}.parquet: {self.scored} images scored with {self.method}"]
         if self.resumed:
             out.append(f"resumed an interrupted run: {self.resumed} images came from its checkpoints")
@@ -136,6 +141,10 @@ class ScoreSummary:
         if len(self.skipped) > 10:
             out.append(f"  ... and {len(self.skipped) - 10} more skipped")
         out.append(f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s")
+        return out + self._top_lines()
+
+    def _top_lines(self) -> list[str]:
+        out = []
         if self.top is not None and len(self.top):
             out.append(f"most anomalous {len(self.top)}:")
             width = max(len(str(p)) for p in self.top["path"])
@@ -143,6 +152,26 @@ class ScoreSummary:
                 terms = f"  ({row.terms})" if "terms" in self.top.columns else ""
                 out.append(f"  {row.score:10.3f}  id {row.id:<7d} {str(row.path):<{width}}{terms}".rstrip())
         return out
+
+
+#: Stored parameters that do not change the scores: the model is matched by its fingerprint, not by how it was named
+IGNORED_PARAMS = ("batch_size", "display", "model")
+
+
+def _comparable(params: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(params, default=str)).items() if k not in IGNORED_PARAMS}
+
+
+def _stored_scores_match(scope: Scope, name: str, params: dict, digests: dict[str, str], wants_maps: bool) -> bool:
+    """True when score ``name`` was made with ``params`` on the same images (and reference images), skipped none,
+    and its files are all there: scoring again would write the same file."""
+    entry = scope.meta.get("scores", {}).get(name)
+    if entry is None or entry.get("counts", {}).get("skipped", 1) or _comparable(entry.get("params", {})) != _comparable(params):
+        return False
+    if any(entry.get(key) != digest for key, digest in digests.items()) or (wants_maps and "maps" not in entry.get("files", {})):
+        return False
+    files = [f"{name}.parquet", *entry.get("files", {}).values()]
+    return all(scope.inside("scores", f, what=f"score {name!r} file").is_file() for f in files)
 
 
 def _identity(params: dict, ids: np.ndarray) -> dict:
@@ -325,6 +354,7 @@ def score(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    force: bool = False,
     **options,
 ) -> ScoreSummary:
     """Score every encoded image of ``scope`` and store ``scores/<name>.parquet`` (and heatmaps).
@@ -336,6 +366,8 @@ def score(
     (robust statistics keep a minority of anomalies from mattering). ``engine="ray"`` reads the images in
     Ray tasks and runs the model passes (diffusion, roundtrip) in a pool of Ray actors on the cluster at
     ``ray_address`` (see :mod:`latentscope.engines.ray_score`); the scores are the same as the local engine's.
+    When the stored scores ``name`` were made with the same settings and model on the same images, they are
+    reused (nothing is computed; ``summary.reused``) unless ``force``.
     """
     started = time.perf_counter()
     scope = scope if isinstance(scope, Scope) else Scope(scope)
@@ -369,9 +401,14 @@ def score(
 
     params = {"method": method, **scorer.params(), "model": codec.reference, "model_fingerprint": codec.fingerprint,
               "reference": str(ref_scope.path) if ref_scope is not None else "self", "reference_size": len(ref_ids)}
+    digests = {"images": _ids_digest(images.ids), "reference_images": _ids_digest(ref_ids)}
+    summary = ScoreSummary(scope.path, name, method)
+    if not force and _stored_scores_match(scope, name, params, digests, maps and scorer.has_maps):
+        summary.reused, summary.scored = True, int(scope.meta["scores"][name]["counts"]["scored"])
+        summary.top = top_scores(scope, name, top) if top > 0 else None
+        return summary
     folder = scope.partial_dir(STAGE) / name
     _prepare_partial(folder, _identity(params, images.ids))
-    summary = ScoreSummary(scope.path, name, method)
     log.info("scoring %d images of %s with %s (%s)", len(images.ids), scope.path, method, params)
 
     self_reference = ref_scope is None
@@ -409,7 +446,7 @@ def score(
     merged = _merge([r for r in (reference_results, results) if r is not None])
     summary.scored = len(merged["ids"])
     summary.seconds = time.perf_counter() - started
-    _write(scope, name, merged, params, scorer, maps, summary, _ids_digest(images.ids))
+    _write(scope, name, merged, params, scorer, maps, summary, digests)
     scope.clear_partial(f"{STAGE}/{name}")
     summary.top = top_scores(scope, name, top) if top > 0 else None
     return summary
@@ -442,7 +479,7 @@ def _merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict, scorer: Method, maps: bool,
-           summary: ScoreSummary, images_digest: str) -> None:
+           summary: ScoreSummary, digests: dict[str, str]) -> None:
     frame = pd.DataFrame({"id": merged["ids"], "score": merged["score"]})
     for key in merged:
         if key.startswith("part/"):
@@ -464,7 +501,7 @@ def _write(scope: Scope, name: str, merged: dict[str, np.ndarray], params: dict,
     scope.write_scores(name, frame, params, side=side, drop=[maps_name, calibration_name], files=files,
                        counts={"scored": len(frame), "skipped": len(summary.skipped)},
                        skipped={str(k): v for k, v in list(summary.skipped.items())[:100]},
-                       seconds=round(summary.seconds, 3), images=images_digest, engine=summary.engine)
+                       seconds=round(summary.seconds, 3), engine=summary.engine, **digests)
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "typical each image is among the reference images in the denoiser's eyes (distance to its nearest neighbours "
         "by the denoiser's bottleneck features, position by position and averaged over positions); the score is the "
         "largest tail surprise of these terms. Writes "
-        "scores/NAME.parquet and a heatmap per image; an interrupted run resumes when rerun with the same options. "
+        "scores/NAME.parquet and a heatmap per image; an interrupted run resumes when rerun with the same options, "
+        "and up-to-date scores are reused (the top list and --export then cost no scoring). "
         "Baselines (--method) write the same files.",
     )
     parser.add_argument("scope", help="scope folder (from 'latentscope encode')")
@@ -42,6 +43,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--workers", type=positive_int, help="image-loading threads (default: up to 4)")
     parser.add_argument("--no-maps", action="store_true", help="do not store heatmaps (they are recomputed on demand)")
+    parser.add_argument("--force", action="store_true", help="score again even when the stored scores are up to date "
+                        "(same settings, model and images)")
     parser.add_argument("--top", type=non_negative_int, default=10, help="list this many most anomalous images at the end (default 10)")
     parser.add_argument("--export", metavar="FOLDER", type=output_folder, help="write heatmap overlays of the --top images as PNG files here")
     add_device_options(parser)
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,
+        force=args.force,
         **options,
     )
     print("\n".join(summary.lines()))
