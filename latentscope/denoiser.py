@@ -2,7 +2,11 @@
 
 The model is a diffusers ``UNet2DModel`` (in ``unet/``) with the noise schedule of
 its scheduler (``scheduler/``), as written by ``latentscope train`` or any
-unconditional latent-diffusion pipeline. Noise levels are given as a fraction
+unconditional latent-diffusion pipeline, or the text-conditioned
+``UNet2DConditionModel`` of a Stable Diffusion 1.x / 2.x pipeline folder, run with
+the empty prompt's embedding (the unconditional branch of classifier-free
+guidance, computed once from its ``text_encoder/`` and ``tokenizer/``, which need
+``transformers``). Noise levels are given as a fraction
 ``t`` in [0, 1] of the training schedule; sampling and inversion are
 deterministic DDIM (eta = 0) with the final step to alpha = 1, so that
 ``denoise(invert(z, t), t)`` returns ``z`` up to the discretisation error.
@@ -12,7 +16,9 @@ Shapes: latents are N x C x h x w float32 tensors in the codec's scaled space.
 
 from __future__ import annotations
 
+import inspect
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +52,52 @@ def load_alphas_cumprod(location: ModelLocation) -> tuple[torch.Tensor, str]:
     return torch.as_tensor(alphas, dtype=torch.float64), prediction
 
 
+def is_text_conditioned(unet) -> bool:
+    return "encoder_hidden_states" in inspect.signature(unet.forward).parameters
+
+
+def empty_prompt_embedding(location: ModelLocation, unet, dtype: torch.dtype) -> torch.Tensor:
+    """1 x tokens x D: the empty prompt encoded by the pipeline's text encoder, as Stable Diffusion pipelines
+    encode the unconditional prompt of classifier-free guidance."""
+    config = unet.config
+    extra = [f"{key}={config.get(key)!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
+             if config.get(key) is not None]
+    if extra:
+        raise ModelError(f"{location.describe()}: the UNet needs conditioning besides a text embedding ({', '.join(extra)}; "
+                         "e.g. Stable Diffusion XL or an upscaler), which latentscope does not provide; give an "
+                         "unconditional or a Stable Diffusion 1.x / 2.x style model")
+    folder = Path(location.source) if location.is_local else None
+    if folder is not None and not all((folder / part).is_dir() for part in ("text_encoder", "tokenizer")):
+        raise ModelError(f"{folder}: unet/ is text-conditioned ({type(unet).__name__}); its empty-prompt embedding "
+                         "needs the pipeline's text_encoder/ and tokenizer/ beside it")
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(f"{location.describe()}: a text-conditioned UNet needs transformers for its text encoder; "
+                         "pip install transformers") from None
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar would interleave with ours
+    try:
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(location.source, subfolder="tokenizer")
+        encoder = transformers.CLIPTextModel.from_pretrained(location.source, subfolder="text_encoder",
+                                                             use_safetensors=True, torch_dtype=torch.float32)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{location.source}: could not load the text_encoder/ and tokenizer/ of its text-conditioned "
+                         f"UNet ({first})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+    ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.inference_mode():
+        embedding = encoder.eval()(ids)[0]
+    if embedding.shape[-1] != config.cross_attention_dim:
+        raise ModelError(f"{location.source}: the text encoder gives {embedding.shape[-1]} values per token, the UNet "
+                         f"attends to {config.cross_attention_dim}")
+    return embedding.to(dtype)
+
+
 def check_level(t: float) -> float:
     t = float(t)
     if not 0.0 <= t <= 1.0:
@@ -61,14 +113,22 @@ def check_steps(steps: int) -> int:
 
 
 class Denoiser:
-    """UNet2DModel + noise schedule, with DDIM denoising and inversion over scaled latents."""
+    """A UNet + noise schedule, with DDIM denoising and inversion over scaled latents.
 
-    def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", device="auto", dtype="auto", reference=None):
+    ``condition``: for a text-conditioned UNet, the 1 x tokens x D embedding it attends to at every call (the
+    empty prompt's, see :func:`empty_prompt_embedding`); None for an unconditional one.
+    """
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", device="auto", dtype="auto",
+                 reference=None, condition: torch.Tensor | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if next(unet.parameters()).dtype != self.dtype:
             unet = unet.to(dtype=self.dtype)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
+        if is_text_conditioned(self.unet) and condition is None:
+            raise ModelError(f"{type(unet).__name__} is text-conditioned: give the embedding it attends to (condition)")
+        self.condition = None if condition is None else condition.to(self.device, self.dtype)
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
         self.prediction_type = prediction_type
         self.reference = reference
@@ -77,11 +137,30 @@ class Denoiser:
     def from_pretrained(cls, reference: str | os.PathLike, device="auto", dtype="auto") -> "Denoiser":
         location = locate_component(reference, "unet")
         if location.subfolder != "unet":
-            raise ModelError(f"--model {reference}: no unet/ folder; a denoiser needs a model trained with 'latentscope train'")
+            raise ModelError(f"--model {reference}: no unet/ folder; a denoiser needs a model trained with "
+                             "'latentscope train' or a diffusion pipeline folder (unet/, scheduler/)")
         device = resolve_device(device)
         unet = load_model(location, "unet", resolve_dtype(dtype, device))
         alphas, prediction = load_alphas_cumprod(location)
-        return cls(unet, alphas, prediction, device, dtype, reference=str(reference))
+        condition = empty_prompt_embedding(location, unet, resolve_dtype(dtype, device)) if is_text_conditioned(unet) else None
+        return cls(unet, alphas, prediction, device, dtype, reference=str(reference), condition=condition)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def check_latents(self, channels: int, what: str = "the autoencoder") -> None:
+        """Refuse latents the UNet was not made for (an inpainting UNet takes 9 channels, for instance)."""
+        if self.in_channels != channels:
+            raise ModelError(f"{self.reference or 'denoiser'}: its UNet takes {self.in_channels} latent channels, "
+                             f"{what} gives {channels}; give a denoiser trained on this autoencoder's latents")
+
+    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output for ``x`` at ``timesteps`` (with the condition, when it takes one)."""
+        if self.condition is None:
+            return self.unet(x.to(self.dtype), timesteps).sample
+        condition = self.condition.expand(len(x), *self.condition.shape[1:])
+        return self.unet(x.to(self.dtype), timesteps, encoder_hidden_states=condition).sample
 
     @property
     def num_train_timesteps(self) -> int:
@@ -107,7 +186,7 @@ class Denoiser:
     def _eps_and_x0(self, x: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self._alpha(timestep).to(x.device, torch.float32)
         stamp = torch.full((x.shape[0],), timestep, device=self.device, dtype=torch.long)
-        out = self.unet(x.to(self.dtype), stamp).sample.float()
+        out = self._predict(x, stamp).float()
         a, s = alpha.sqrt(), (1 - alpha).sqrt()
         if self.prediction_type == "epsilon":
             eps = out
@@ -158,7 +237,7 @@ class Denoiser:
         for timestep in timesteps:
             alpha_prev = self._alpha(previous).to(x.device, torch.float32)
             stamp = torch.full((x.shape[0],), timestep, device=self.device, dtype=torch.long)
-            out = self.unet(x.to(self.dtype), stamp).sample.float()
+            out = self._predict(x, stamp).float()
             eps = self._eps_from_output(out, x, timestep)
             x0 = (x - (1 - alpha_prev).sqrt() * eps) / alpha_prev.sqrt()
             x = self._move(x0, eps, self._alpha(timestep))
@@ -193,7 +272,7 @@ class Denoiser:
                               dynamic_ncols=True):
                 x = torch.from_numpy(latents[start:start + batch_size]).to(self.device, self.dtype)
                 caught.clear()
-                self.unet(x, torch.zeros(len(x), dtype=torch.long, device=self.device))
+                self._predict(x, torch.zeros(len(x), dtype=torch.long, device=self.device))
                 parts.append(_pool_to_budget(caught[-1].float()).cpu().numpy())
         finally:
             hook.remove()

@@ -50,6 +50,51 @@ def tiny_taesd(sample_size: int = 32):
     return vae
 
 
+def _byte_level_vocabulary() -> list[str]:
+    """The 256 byte characters of CLIP's byte-level BPE, each alone and ending a word, and its two special tokens."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    chars = [chr(c) for c in printable] + [chr(256 + n) for n in range(len(shifted))]
+    return chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+
+
+def tiny_stable_diffusion(folder: Path, text_encoder: bool = True, **unet_options) -> Path:
+    """A Stable Diffusion 1.x style pipeline folder: vae/, a text-conditioned unet/, scheduler/, text_encoder/,
+    tokenizer/ (a BPE tokenizer without merges: the tests only need the empty prompt)."""
+    from diffusers import PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tiny_kl().save_pretrained(folder / "vae")
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+                         norm_num_groups=8, **unet_options).save_pretrained(folder / "unet")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  skip_prk_steps=True).save_pretrained(folder / "scheduler")
+    vocabulary = _byte_level_vocabulary()
+    words = folder / "tokenizer"
+    words.mkdir(parents=True)
+    (words / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocabulary)}))
+    (words / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=16).save_pretrained(words)
+    if text_encoder:
+        end = len(vocabulary) - 1
+        CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=16, bos_token_id=end - 1,
+                                     eos_token_id=end, pad_token_id=end)).save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def stable_diffusion_folder(tmp_path_factory) -> Path:
+    return tiny_stable_diffusion(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
 @pytest.fixture(scope="session")
 def kl_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("models") / "tiny-kl"

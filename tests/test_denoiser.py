@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +114,71 @@ def test_features_fall_back_to_the_last_down_block_without_a_mid_block():
 def test_model_without_unet_is_refused(tmp_path, kl_folder):
     with pytest.raises(ModelError, match="no unet"):
         Denoiser.from_pretrained(str(kl_folder))
+
+
+# --------------------------------------------------------------------------- text-conditioned (Stable Diffusion style)
+
+
+def test_text_conditioned_unet_runs_with_the_empty_prompt_embedding(stable_diffusion_folder):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    denoiser = Denoiser.from_pretrained(str(stable_diffusion_folder), device="cpu")
+    tokenizer = CLIPTokenizer.from_pretrained(stable_diffusion_folder / "tokenizer")
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    empty = CLIPTextModel.from_pretrained(stable_diffusion_folder / "text_encoder")(ids)[0]
+    unet = UNet2DConditionModel.from_pretrained(stable_diffusion_folder / "unet")
+    x, timesteps = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900])
+    with torch.inference_mode():
+        expected = unet(x, timesteps, encoder_hidden_states=empty.expand(3, -1, -1)).sample
+        torch.testing.assert_close(denoiser._predict(x, timesteps), expected)
+    latents = torch.randn(2, 4, 8, 8)
+    back = denoiser.denoise(denoiser.invert(latents, steps=50, t=0.5), 0.5, 50)
+    assert ((back - latents) ** 2).mean().sqrt() < 0.05 * latents.pow(2).mean().sqrt()
+    assert denoiser.features(latents.numpy()).shape[0] == 2
+
+
+def test_a_stable_diffusion_style_pipeline_scores_a_scope(stable_diffusion_folder, image_folder, tmp_path):
+    import latentscope
+    from latentscope.anomaly import score
+
+    out = tmp_path / "sd.scope"
+    latentscope.encode(image_folder, str(stable_diffusion_folder), out, progress=False)
+    summary = score(out, levels=(0.0, 0.2), steps=2, draws=1, reference_size=8, progress=False, top=2)
+    frame = latentscope.Scope(out).read_scores("default")
+    assert summary.scored == len(frame) > 0 and np.isfinite(frame["score"]).all()
+
+
+def test_text_conditioned_unets_we_cannot_condition_are_refused(stable_diffusion_folder, tmp_path, monkeypatch):
+    from conftest import tiny_stable_diffusion
+
+    without_text = tiny_stable_diffusion(tmp_path / "no-text", text_encoder=False)
+    with pytest.raises(ModelError, match="text-conditioned .*needs the pipeline's text_encoder/ and tokenizer/"):
+        Denoiser.from_pretrained(str(without_text))
+    sdxl_like = tiny_stable_diffusion(tmp_path / "xl", addition_embed_type="text_time", addition_time_embed_dim=8,
+                                      projection_class_embeddings_input_dim=32 + 6 * 8)
+    with pytest.raises(ModelError, match="conditioning besides a text embedding .*addition_embed_type='text_time'"):
+        Denoiser.from_pretrained(str(sdxl_like))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed
+    with pytest.raises(ModelError, match="pip install transformers"):
+        Denoiser.from_pretrained(str(stable_diffusion_folder))
+
+
+def test_a_denoiser_for_other_latents_is_refused_in_one_line(image_folder, tmp_path, capsys):
+    from diffusers import UNet2DModel
+
+    import latentscope
+    from latentscope.cli import main
+    from latentscope.codec import BUILTIN_ROOT
+
+    scope = tmp_path / "digits.scope"
+    latentscope.encode(image_folder, "builtin:digits", scope, progress=False)
+    model = tmp_path / "nine"  # the scope's autoencoder beside a UNet over 9 channels (as an inpainting UNet takes)
+    shutil.copytree(BUILTIN_ROOT / "digits" / "vae", model / "vae")
+    shutil.copytree(BUILTIN_ROOT / "digits" / "scheduler", model / "scheduler")
+    UNet2DModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                norm_num_groups=4).save_pretrained(model / "unet")
+    code = main(["-q", "score", str(scope), "--model", str(model)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "takes 9 latent channels, the autoencoder gives 4" in err[0]

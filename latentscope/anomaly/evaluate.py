@@ -244,6 +244,8 @@ def evaluate_folders(model, train, test, normal_labels=("good",), masks=None, de
     codec = Codec.from_pretrained(model, device=device)
     methods = list(methods or DEFAULT_METHODS)
     denoiser = Denoiser.from_pretrained(model, device=device) if "diffusion" in methods else None
+    if denoiser is not None:
+        denoiser.check_latents(codec.latent_channels)
     size = tuple(size or codec.image_size or ())
     if len(size) != 2:
         raise InputError(f"--model {model}: its config has no sample_size; give --size")

@@ -313,8 +313,9 @@ def resolve_models(scope: Scope, model, need_denoiser: bool, device="auto", dtyp
         except ModelError as exc:
             raise ModelError(
                 f"{exc}. The diffusion score needs a denoiser over this autoencoder's latents "
-                "(a model from 'latentscope train'); or choose a baseline with --method roundtrip"
+                "(a model from 'latentscope train' or a diffusion pipeline folder); or choose a baseline with --method roundtrip"
             ) from None
+        denoiser.check_latents(codec.latent_channels)
     return codec, denoiser
 
 

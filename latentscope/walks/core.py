@@ -341,7 +341,11 @@ class Walker:
             from ..denoiser import Denoiser
 
             source = self._denoiser if self._denoiser is not None else self.model_reference
-            self._denoiser_loaded = source if isinstance(source, Denoiser) else Denoiser.from_pretrained(source, device=self.device, dtype=self.dtype)
+            if isinstance(source, Denoiser):
+                self._denoiser_loaded = source
+            else:
+                self._denoiser_loaded = Denoiser.from_pretrained(source, device=self.device, dtype=self.dtype)
+                self._denoiser_loaded.check_latents(self.codec.latent_channels)
         return self._denoiser_loaded
 
     def real_latents(self) -> np.ndarray:
