@@ -80,7 +80,7 @@ def empty_prompt_embedding(location: ModelLocation, unet, dtype: torch.dtype) ->
     try:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(location.source, subfolder="tokenizer")
         encoder = transformers.CLIPTextModel.from_pretrained(location.source, subfolder="text_encoder",
-                                                             use_safetensors=True, torch_dtype=torch.float32)
+                                                             use_safetensors=True).float()  # once, on the CPU
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{location.source}: could not load the text_encoder/ and tokenizer/ of its text-conditioned "

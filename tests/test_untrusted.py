@@ -68,9 +68,11 @@ def unpickling_calls(source: str, filename: str) -> list[str]:
                 problems.append(f"{where}: {name}()")
             if name == "from_pretrained" and _keyword(node, "trust_remote_code") is not None:
                 problems.append(f"{where}: from_pretrained with trust_remote_code")
-            if name == "from_pretrained" and owner not in ("Codec", "Denoiser") \
-                    and not _is_constant(_keyword(node, "use_safetensors"), True):  # ours go through codec.load_model
-                problems.append(f"{where}: {owner}.from_pretrained without use_safetensors=True")
+            loader = func.value.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute) else owner
+            # ours go through codec.load_model; CLIP's tokenizer reads only its vocabulary (JSON and text files)
+            if name == "from_pretrained" and loader not in ("Codec", "Denoiser", "CLIPTokenizer") \
+                    and not _is_constant(_keyword(node, "use_safetensors"), True):
+                problems.append(f"{where}: {loader}.from_pretrained without use_safetensors=True")
     return problems
 
 
