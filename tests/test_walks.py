@@ -375,8 +375,7 @@ def test_map_point_ends_go_through_the_projections_inverse_transform(scope_dir, 
 
 def test_cli_map_point_ends_load_the_scopes_map_projection(scope_dir, real, tmp_path, monkeypatch, capsys):
     """The seam to the projection module: ``load_projection(scope, name)`` returning an object with inverse_transform."""
-    import sys
-    import types
+    import importlib
 
     import pandas as pd
     from sklearn.decomposition import PCA
@@ -391,10 +390,8 @@ def test_cli_map_point_ends_load_the_scopes_map_projection(scope_dir, real, tmp_
         calls.append((scope.path, name))
         return pca
 
-    fake = types.ModuleType("latentscope.projection")
-    fake.load_projection = load_projection
-    monkeypatch.setitem(sys.modules, "latentscope.projection", fake)
-    monkeypatch.setattr(latentscope, "projection", fake, raising=False)
+    # the real module with its loader replaced (a stand-in module would hide the CLI's other imports from it)
+    monkeypatch.setattr(importlib.import_module("latentscope.projection"), "load_projection", load_projection)
     out = tmp_path / "m.gif"
     assert cli_main(["walk", str(scope_dir), "--from", "map:0.5,0.5", "--to", "3", "--map", "pca", "--method", "lerp",
                      "--steps", "5", "--out", str(out), "-q"]) == 0
