@@ -441,6 +441,28 @@ def test_up_to_date_scores_are_reused_until_something_changes(digits_scope, monk
         score(digits_scope, **options)
 
 
+def test_denoiser_features_are_computed_once_per_image(digits_scope, models, monkeypatch):
+    featured = []
+    original = Denoiser.features
+
+    def counted(self, latents, *args, **kwargs):
+        featured.append(len(latents))
+        return original(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "features", counted)
+    score(digits_scope, name="once", reference_size=16, batch_size=16, progress=False, **FAST)
+    assert sum(featured) == 80  # the reference (every image of the scope); calibration and scoring reuse them
+    # another image under an id of the reference is measured, not mistaken for the reference's image
+    codec, denoiser = models
+    images, _ = unseen_digits()
+    reference, other = Batch(images[:20], codec.encode_pixels(images[:20])), Batch(images[20:22], codec.encode_pixels(images[20:22]))
+    scorer = DiffusionScore(codec, denoiser, **FAST).fit(reference)
+    featured.clear()
+    scorer.score(other)
+    assert sum(featured) == 2
+    np.testing.assert_array_equal(scorer._features_for(other.latents, other.ids), original(denoiser, other.latents))
+
+
 def test_heatmap_png_from_stored_maps_and_recomputed(digits_scope):
     score(digits_scope, name="nomaps", reference_size=24, batch_size=16, progress=False, maps=False, **FAST)
     score(digits_scope, name="withmaps", reference_size=24, batch_size=16, progress=False, **FAST)

@@ -52,6 +52,8 @@ the reference images' latents and denoiser features):
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -110,6 +112,12 @@ def latent_statistics(latents: np.ndarray) -> np.ndarray:
     latents = np.asarray(latents, dtype=np.float32)
     flat = latents.reshape(len(latents), latents.shape[1], -1)
     return np.ascontiguousarray(np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1))
+
+
+def latent_digests(latents: np.ndarray) -> list[bytes]:
+    """A short hash of each image's float32 latent: tells whether two latents are the same image's."""
+    flat = np.ascontiguousarray(np.asarray(latents, dtype=np.float32).reshape(len(latents), -1))
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in flat]
 
 
 def term_space(term: str, latents: np.ndarray, features: np.ndarray | None) -> np.ndarray:
@@ -203,6 +211,7 @@ class DiffusionScore(Method):
         self.batch_size = int(batch_size)
         self._reference = {}  # reference term -> its space's N x D values for the density reference's images
         self._reference_ids = None  # ... and those images' ids
+        self._known_features = None  # ({(id, latent digest): row}, features) of the density reference, when computed
 
     # ------------------------------------------------------------------ measuring (the costly part)
 
@@ -236,6 +245,9 @@ class DiffusionScore(Method):
         self._reference = {term: torch.from_numpy(term_space(term, latents, features))
                            for term in REFERENCE_TERMS if term in self.terms}
         self._reference_ids = torch.as_tensor(ids)
+        if features is not None:  # the calibration and scored images of a self-calibrated scope are among them
+            keys = zip(ids.tolist(), latent_digests(latents))
+            self._known_features = ({key: row for row, key in enumerate(keys)}, np.asarray(features, np.float32))
         return self
 
     def _uses(self, terms) -> bool:
@@ -250,8 +262,20 @@ class DiffusionScore(Method):
     def _features(self, latents: np.ndarray, progress: bool = False) -> np.ndarray:
         return self.reconstructor.denoiser.features(latents, batch_size=max(self.batch_size, 64), progress=progress)
 
-    def _features_if_needed(self, latents) -> np.ndarray | None:
-        return self._features(latents) if latents is not None and self._needs_features() else None
+    def _features_for(self, latents, ids) -> np.ndarray | None:
+        """The images' denoiser features when a term or the neighbour calibration needs them; those of images in the
+        density reference (the same id and latent) are reused rather than computed again."""
+        if latents is None or not self._needs_features():
+            return None
+        if self._known_features is None or ids is None:
+            return self._features(latents)
+        index, known = self._known_features
+        rows = np.array([index.get(key, -1) for key in zip(np.asarray(ids).tolist(), latent_digests(latents))], np.int64)
+        out = np.empty((len(rows), *known.shape[1:]), dtype=np.float32)
+        out[rows >= 0] = known[rows[rows >= 0]]
+        if (rows < 0).any():
+            out[rows < 0] = self._features(np.asarray(latents)[rows < 0])
+        return out
 
     def fit(self, reference: Batch) -> "DiffusionScore":
         return self.fit_errors(self.measure(reference), reference.latents, reference.ids)
@@ -266,7 +290,7 @@ class DiffusionScore(Method):
                 raise InputError("diffusion score: the reference terms and neighbour calibration need the "
                                  "reference images' latents")
             ids = np.arange(len(latents)) if ids is None else np.asarray(ids, dtype=np.int64)
-        features = self._features_if_needed(latents)
+        features = self._features_for(latents, ids)
         if not self._reference and self._uses_reference_latents():
             self.set_density_reference(latents, ids, features)
         maps = self._smoothed(errors.maps)
@@ -378,14 +402,14 @@ class DiffusionScore(Method):
                  features: np.ndarray | None = None) -> np.ndarray:
         """N x h x w mean z-map over levels (``features``: the images' denoiser features, computed when not given)."""
         if features is None:
-            features = self._features_if_needed(latents)
+            features = self._features_for(latents, ids)
         return self._zmaps(self._smoothed(errors.maps), features, ids).mean(axis=1)
 
     def score_errors(self, errors: LevelErrors, latents: np.ndarray | None = None, ids: np.ndarray | None = None) -> Scores:
         if (self._uses_reference_latents() or self.neighbours) and latents is None:
             raise InputError("diffusion score: the reference terms and neighbour calibration need the scored "
                              "images' latents")
-        features = self._features_if_needed(latents)
+        features = self._features_for(latents, ids)
         heat = self.heatmaps(errors, latents, ids, features)
         terms = self._terms(self._raw_terms(errors, heat, latents, ids, features))
         surprise = {name: tail_surprise(terms[name], self.term_reference_[name]) for name in self.terms if name in terms}
