@@ -1,7 +1,7 @@
 """``latentscope doctor``: find what is damaged in a scope and repair what can be repaired.
 
-Nothing computed is deleted silently: every action is reported, unreadable map
-or score files are moved to ``.damaged/`` rather than removed, and latents are
+Nothing computed is deleted silently: every action is reported, unreadable map,
+score or metadata files are moved to ``.damaged/`` rather than removed, and latents are
 only recomputed for rows that were lost.
 """
 
@@ -19,10 +19,12 @@ import pandas as pd
 
 from .errors import ScopeError
 from .fileio import TMP_SUFFIX, atomic_path, read_json, write_json, write_parquet
-from .scope import (COMMIT_MARKER, LATENTS_FILE, MANIFEST_FILE, META_FILE, NEXT_SUFFIX, TABLE_MARKER_GLOB, Scope,
-                    normalise_manifest, uncommitted_files)
+from .scope import (COMMIT_MARKER, LATENTS_FILE, MANIFEST_FILE, META_FILE, NEXT_SUFFIX, TABLE_KINDS, TABLE_MARKER_GLOB,
+                    TABLE_NOUNS, Scope, normalise_manifest, uncommitted_files)
 
 log = logging.getLogger(__name__)
+
+RERUN = {"maps": "project", "scores": "score", "metadata": "annotate"}
 
 
 @dataclass
@@ -225,7 +227,7 @@ def _write_latents(path: Path, latents: np.ndarray) -> None:
 def _check_tables(scope: Scope, report: DoctorReport, repair: bool) -> None:
     meta = scope.meta
     ok_ids = set(scope.manifest().loc[lambda m: m["status"] == "ok", "id"])
-    for kind in ("maps", "scores"):
+    for kind in TABLE_KINDS:
         recorded = dict(meta.get(kind, {}))
         present = set(scope.table_names(kind))
         for name in sorted(set(recorded) - present):
@@ -234,8 +236,8 @@ def _check_tables(scope: Scope, report: DoctorReport, repair: bool) -> None:
                     fresh = scope.meta
                     fresh.get(kind, {}).pop(name, None)
                     write_json(scope.path / META_FILE, fresh)
-            report.add(f"scope.json lists {kind[:-1]} {name!r} but its file is missing",
-                       f"removed the entry; rerun 'latentscope {'project' if kind == 'maps' else 'score'}'" if repair else "",
+            report.add(f"scope.json lists {TABLE_NOUNS[kind]} {name!r} but its file is missing",
+                       f"removed the entry; rerun 'latentscope {RERUN[kind]}'" if repair else "",
                        fixed=repair)
         for name in sorted(present):
             path = scope.path / kind / f"{name}.parquet"

@@ -7,6 +7,8 @@
 ``latents.npy``        N_ok x C x h x w float16, one row per ``ok`` image in id order
 ``maps/<name>.parquet``     ``id``, ``x``, ``y`` per projection
 ``scores/<name>.parquet``   ``id``, ``score``, ... per scoring run
+``metadata/default.parquet``  ``id`` plus the columns of the user's own tables
+                       (``latentscope annotate``); its ``label`` overrides folder labels
 ``thumbs/<id>.jpg``    previews for the dashboard
 ``.partial/``          resumable work in progress (safe to delete)
 =====================  =====================================================
@@ -57,7 +59,9 @@ MANIFEST_COLUMNS = {
     "bytes": "int64",
     "mtime_ns": "int64",
 }
-TABLE_KINDS = ("maps", "scores")
+TABLE_KINDS = ("maps", "scores", "metadata")
+TABLE_NOUNS = {"maps": "map", "scores": "score", "metadata": "metadata table"}
+METADATA_NAME = "default"
 TABLE_MARKER_GLOB = "commit-*.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -122,6 +126,7 @@ class Scope:
         if not (self.path / META_FILE).is_file():
             raise ScopeError(f"{self.path}: not a scope (no {META_FILE}); create one with 'latentscope encode'")
         self._manifest: pd.DataFrame | None = None
+        self._metadata: pd.DataFrame | None = None
         self._latents: np.ndarray | None = None
         self._lock_depth = 0
         if recover:
@@ -218,9 +223,24 @@ class Scope:
         return self._manifest
 
     def ok_manifest(self) -> pd.DataFrame:
-        """Rows with latents, in latent-row order."""
+        """Rows with latents, in latent-row order; labels from the attached metadata where it gives one."""
         frame = self.manifest()
-        return frame[frame["status"] == "ok"].sort_values("row").reset_index(drop=True)
+        ok = frame[frame["status"] == "ok"].sort_values("row").reset_index(drop=True)
+        metadata = self.metadata()
+        if "label" in metadata:
+            given = metadata.set_index("id")["label"].fillna("").astype(str)
+            override = ok["id"].map(given[given != ""])
+            ok["label"] = override.where(override.notna(), ok["label"]).astype("string")
+        return ok
+
+    def metadata(self) -> pd.DataFrame:
+        """The attached per-image metadata (``id`` plus the user's columns; only ``id`` when there is none)."""
+        if self._metadata is None:
+            if METADATA_NAME in self.table_names("metadata"):
+                self._metadata = self.read_table("metadata", METADATA_NAME)
+            else:
+                self._metadata = pd.DataFrame({"id": pd.Series(dtype="int64")})
+        return self._metadata
 
     def latents(self) -> np.ndarray:
         """All latents as a read-only float16 memory map (N_ok x C x h x w)."""
@@ -290,8 +310,9 @@ class Scope:
         return self.path / "thumbs" / f"{int(image_id)}.jpg"
 
     def invalidate(self) -> None:
-        """Forget cached manifest and latents (after another writer changed them)."""
+        """Forget cached manifest, metadata and latents (after another writer changed them)."""
         self._manifest = None
+        self._metadata = None
         self._latents = None
 
     # ------------------------------------------------------------------ committing manifest + latents
@@ -343,10 +364,10 @@ class Scope:
         for leftover in uncommitted_files(self.path, TMP_SUFFIX):  # their writers held the lock, so they are dead
             leftover.unlink(missing_ok=True)
 
-    # ------------------------------------------------------------------ maps and scores
+    # ------------------------------------------------------------------ maps, scores and metadata
 
     def _table_path(self, kind: str, name: str) -> Path:
-        return self.path / kind / f"{check_name(name, kind[:-1])}.parquet"
+        return self.path / kind / f"{check_name(name, TABLE_NOUNS[kind])}.parquet"
 
     def write_table(self, kind: str, name: str, frame: pd.DataFrame, params: dict, *,
                     side: dict[str, Callable[[Path], None]] | None = None, drop: Iterable[str] = (), **extra: Any) -> Path:
@@ -390,12 +411,14 @@ class Scope:
             self._side_path(kind, file_name).unlink(missing_ok=True)
         self._set_entry(kind, name, entry)
         marker.unlink()
+        if kind == "metadata":
+            self._metadata = None
 
     def read_table(self, kind: str, name: str) -> pd.DataFrame:
         path = self._table_path(kind, name)
         if not path.exists():
             known = ", ".join(self.table_names(kind)) or "none yet"
-            raise ScopeError(f"{path}: no {kind[:-1]} named {name!r} in this scope (have: {known})")
+            raise ScopeError(f"{path}: no {TABLE_NOUNS[kind]} named {name!r} in this scope (have: {known})")
         try:
             return pd.read_parquet(path)
         except Exception as exc:

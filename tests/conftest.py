@@ -186,7 +186,7 @@ def pytest_setup_options():
     return options  # pluggy gathers hook results into the list dash.testing expects
 
 
-def latent_scope(path: Path, latents: np.ndarray, labels=None) -> Path:
+def latent_scope(path: Path, latents: np.ndarray, labels=None, paths=None) -> Path:
     """A scope holding given latents and no images (for map and dashboard tests at sizes encoding would make slow)."""
     import hashlib
 
@@ -199,7 +199,7 @@ def latent_scope(path: Path, latents: np.ndarray, labels=None) -> Path:
     labels = np.zeros(n, int) if labels is None else np.asarray(labels)
     half = latents.astype(np.float16)
     manifest = pd.DataFrame({
-        "id": np.arange(n), "path": [f"{i}.png" for i in range(n)], "sha256": [hashlib.sha256(r.tobytes()).hexdigest() for r in half],
+        "id": np.arange(n), "path": list(paths) if paths is not None else [f"{i}.png" for i in range(n)], "sha256": [hashlib.sha256(r.tobytes()).hexdigest() for r in half],
         "width": 32, "height": 32, "status": "ok", "error": "", "label": labels.astype(str), "row": np.arange(n),
     })
     np.save(path / "latents.npy.next.npy", half)

@@ -142,9 +142,8 @@ def wait_images_loaded(dash_duo, selector: str, timeout: float = 15) -> None:
         time.sleep(0.1)
 
 
-def test_box_select_shows_gallery_with_matching_count(explorer):
-    dash_duo, app = explorer
-    points = app.latentscope.data.points
+def box_select_left_half(dash_duo) -> float:
+    """Drag a selection box over the left half of the map; returns the map x at its right edge."""
     dash_duo.find_element(".modebar-btn[data-val='select']").click()
     left, top, right, bottom = dash_duo.driver.execute_script(
         """
@@ -158,17 +157,56 @@ def test_box_select_shows_gallery_with_matching_count(explorer):
     builder.pointer_action.move_to_location(int((left + right) / 2), int(bottom - 10))
     builder.pointer_action.move_to_location(int(right), int(bottom - 2)).pointer_up()
     builder.perform()
-    x_limit = dash_duo.driver.execute_script(
+    dash_duo.wait_for_contains_text("#selection-count", "selected", timeout=10)
+    return dash_duo.driver.execute_script(
         "const gd = document.querySelector('#map .js-plotly-plot'); const xa = gd._fullLayout.xaxis;"
         "return xa.p2l(xa._length / 2);"
     )
+
+
+def test_box_select_shows_gallery_with_matching_count(explorer):
+    dash_duo, app = explorer
+    points = app.latentscope.data.points
+    x_limit = box_select_left_half(dash_duo)
     expected = int((points["x"] <= x_limit).sum())
-    dash_duo.wait_for_contains_text("#selection-count", "selected", timeout=10)
     count = int(dash_duo.find_element("#selection-count").text.split()[0].replace(",", ""))
     assert abs(count - expected) <= 1 and count > 0
     tiles = dash_duo.driver.find_elements("css selector", "#selection-gallery .thumb-button")
     assert len(tiles) == min(count, 60)
     shot(dash_duo, "04-selection")
+    assert dash_duo.get_logs() == []
+
+
+def test_a_selection_is_tagged_coloured_by_its_tag_and_downloaded(dash_duo, explorer_scope, tmp_path):
+    import pandas as pd
+
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    app = create_app(scoped, device="cpu")
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    time.sleep(0.5)
+    box_select_left_half(dash_duo)
+    count = int(dash_duo.find_element("#selection-count").text.split()[0].replace(",", ""))
+    dash_duo.find_element("#tag-name").send_keys("reviewed")
+    dash_duo.find_element("#tag-add").click()
+    dash_duo.wait_for_contains_text("#tag-summary", f"{count:,} carry 'reviewed'", timeout=10)
+    downloads = tmp_path / "downloads"  # our own browser options leave dash.testing's download settings out
+    downloads.mkdir()
+    dash_duo.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    dash_duo.find_element("#selection-csv").click()
+    target = downloads / "selection.csv"
+    deadline = time.monotonic() + 10
+    while not target.is_file():
+        assert time.monotonic() < deadline, "the selection's CSV was not downloaded"
+        time.sleep(0.2)
+    time.sleep(0.3)
+    table = pd.read_csv(target)
+    assert len(table) == count and table["reviewed"].all() and {"file", "x", "y", "label"} <= set(table.columns)
+    dash_duo.select_dcc_dropdown("#colour-by", "reviewed")
+    dash_duo.wait_for_text_to_equal("#map .legend .traces:nth-child(2) .legendtext", "True", timeout=10)
+    assert int(app.latentscope.data.points["reviewed"].sum()) == count
+    shot(dash_duo, "05-tagged")
     assert dash_duo.get_logs() == []
 
 

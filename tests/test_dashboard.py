@@ -411,3 +411,62 @@ def test_latents_at_blends_real_latents_near_map_points(cb):
     assert np.abs(latents - exact).max() < 1e-2  # on a real point the blend is that point
     positions = cb.data.map_positions(exact)
     assert np.abs(positions - xy).max() < 1e-3
+
+
+def _annotated_copy(explorer_scope, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from latentscope.metadata import annotate
+    from latentscope.scope import Scope
+
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    ok = Scope(scoped).ok_manifest()
+    annotate(scoped, pd.DataFrame({"file": ok["path"], "size": np.where(ok["width"] > 40, "large", "small"),
+                                   "caption": [f"a picture numbered {i}" for i in range(len(ok))],
+                                   "weight": np.linspace(0, 1, len(ok))}))
+    return scoped
+
+
+def test_metadata_columns_colour_the_map_and_show_with_each_image(explorer_scope, tmp_path):
+    callbacks = create_app(_annotated_copy(explorer_scope, tmp_path), device="cpu").latentscope.callbacks
+    options = [o["value"] for o in callbacks.data.colour_options()]
+    assert "size" in options and "weight" in options
+    assert "caption" not in options  # free text is shown with each image, not offered as a colouring
+    figure, _ = callbacks.redraw("size", 5, 0.8, None)
+    assert {t.name for t in figure.data[: len(figure.data) - len(OVERLAYS)]} <= {"large", "small"}
+    image_id = int(callbacks.data.points["id"].iloc[2])
+    panel = str(callbacks.inspect_panel(image_id))
+    assert "a picture numbered 2" in panel and "weight" in panel
+
+
+def test_tagging_a_selection_stores_it_and_offers_it_as_a_colouring(explorer_scope, tmp_path):
+    import pandas as pd
+
+    from latentscope.scope import Scope
+
+    scoped = _annotated_copy(explorer_scope, tmp_path)
+    callbacks = create_app(scoped, device="cpu").latentscope.callbacks
+    ids = callbacks.data.points["id"].tolist()
+    triggered("tag-add")
+    summary, options, colour = callbacks.tag_selection(1, 0, " defect ", ids[:3], "label")
+    assert "tagged 3 images · 3 carry 'defect'" in summary and colour is no_update
+    assert "defect" in [o["value"] for o in options]
+    triggered("tag-remove")
+    summary, _, colour = callbacks.tag_selection(1, 1, "defect", ids[:1], "defect")
+    assert "2 carry 'defect'" in summary and colour == "defect"  # the map coloured by the tag is redrawn
+    assert Scope(scoped).metadata().set_index("id")["defect"].loc[ids[:4]].tolist() == [False, True, True, False]
+    assert callbacks.data.points.set_index("id").loc[ids[1], "defect"]
+    triggered("tag-add")
+    assert "the scope uses that name" in str(callbacks.tag_selection(2, 1, "x", ids[:2], "label")[0])
+    assert callbacks.tag_selection(3, 1, "defect", [], "label")[0] == "Select images on the map first."
+    download = callbacks.download_selection(1, ids[:4])
+    assert download["filename"] == "selection.csv"
+    table = pd.read_csv(io.StringIO(download["content"]))
+    assert table["id"].tolist() == ids[:4] and table["defect"].tolist() == [False, True, True, False]
+    assert {"file", "label", "x", "y", "score:default", "caption", "weight"} <= set(table.columns)
+    assert not {"sha256", "row", "status"} & set(table.columns)
+    with pytest.raises(PreventUpdate):
+        callbacks.download_selection(1, [])

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     ends.add_argument("--via", action="append", default=[], metavar="END", help="pass through this end on the way (repeatable)")
     ends.add_argument("--loop", action="store_true", help="close the walk: return from the last end to the first")
     ends.add_argument("--direction", nargs=2, metavar=("GROUP_A", "GROUP_B"),
-                      help="move --from along mean(B) - mean(A); a group is label:NAME or ids:1,2,3")
+                      help="move --from along mean(B) - mean(A); a group is label:NAME, ids:1,2,3 or COLUMN=VALUE (metadata)")
     ends.add_argument("--strength", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                       help="direction strength range (default 0 1: from the image to image + mean(B) - mean(A))")
     ends.add_argument("--map", dest="map_name", default="default", help="map whose coordinates map:X,Y ends refer to")

@@ -7,8 +7,11 @@ image request).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from dash import ALL, Input, Output, Patch, State, ctx, html, no_update
+import pandas as pd
+from dash import ALL, Input, Output, Patch, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from ..errors import LatentscopeError
@@ -22,6 +25,7 @@ MAX_WAYPOINTS = 8
 QUICK_SECONDS = 1.0  # a walk done within this is shown at once; a longer one shows progress, polled
 GALLERY_LIMIT = 60
 HIGHLIGHT_LIMIT = 20_000
+FACT_CHARACTERS = 300  # a long caption or note is cut in the facts table
 
 
 def _clicked_id(clicked) -> int | None:
@@ -30,6 +34,14 @@ def _clicked_id(clicked) -> int | None:
         return int(clicked["id"])
     except (TypeError, KeyError, ValueError):
         return None
+
+
+def _is_blank(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _shortened(text: str, limit: int = FACT_CHARACTERS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def thumb_url(image_id: int) -> str:
@@ -124,6 +136,10 @@ class Callbacks:
                 terms = self.data.score_terms(column, image_id)
                 if terms:  # which kind of oddness drives the score: a local defect, unusual content, unusual tone
                     facts.append(("terms (z vs normal)", terms))
+        for column in self.data.metadata_columns:
+            value = point.get(column)
+            if not _is_blank(value):
+                facts.append((column, _shortened(str(value))))
         images = [
             _figure_block("original", f"image/{image_id}.png"),
             _figure_block("decoded", f"recon/{image_id}.png"),
@@ -184,6 +200,26 @@ class Callbacks:
             raise PreventUpdate
         summary = f"group A: {len(group_a or []):,} images · group B: {len(group_b or []):,} images"
         return group_a, group_b, summary, summary
+
+    def tag_selection(self, add_clicks, remove_clicks, name, ids, colour):
+        """Tag or untag the selection; the colour choices gain the tag, and a map coloured by it is redrawn."""
+        if ctx.triggered_id not in ("tag-add", "tag-remove") or not (add_clicks or remove_clicks):
+            raise PreventUpdate
+        if not ids:
+            return "Select images on the map first.", no_update, no_update
+        adding = ctx.triggered_id == "tag-add"
+        try:
+            tagged = self.data.tag(name, ids, value=adding)
+        except LatentscopeError as exc:
+            return _error(str(exc)), no_update, no_update
+        name = str(name).strip()
+        done = f"{'tagged' if adding else 'untagged'} {len(ids):,} images · {tagged:,} carry {name!r} · saved in the scope"
+        return done, self.data.colour_options(), (colour if colour == name else no_update)
+
+    def download_selection(self, clicks, ids):
+        if not clicks or not ids:
+            raise PreventUpdate
+        return dcc.send_data_frame(self.data.table_for(ids).to_csv, "selection.csv", index=False)
 
     # ------------------------------------------------------------------ anomalies
 
@@ -467,6 +503,14 @@ def register(app, callbacks: Callbacks) -> None:
         State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
         prevent_initial_call=True,
     )(cb.set_group)
+    app.callback(
+        Output("tag-summary", "children"), Output("colour-by", "options"), Output("colour-by", "value", allow_duplicate=True),
+        Input("tag-add", "n_clicks"), Input("tag-remove", "n_clicks"),
+        State("tag-name", "value"), State("selection-ids", "data"), State("colour-by", "value"),
+        prevent_initial_call=True,
+    )(cb.tag_selection)
+    app.callback(Output("selection-download", "data"), Input("selection-csv", "n_clicks"), State("selection-ids", "data"),
+                 prevent_initial_call=True)(cb.download_selection)
     job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"),
                    Output("walk-result", "data", allow_duplicate=True))
     app.callback(*job_outputs, Input("walk-run", "n_clicks"), State("walk-ids", "data"), State("walk-method", "value"),

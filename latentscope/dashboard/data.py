@@ -65,8 +65,8 @@ class ExplorerData:
 
     def _load_points(self, map_name: str) -> pd.DataFrame:
         coords = self.scope.read_map(map_name)
-        manifest = self.scope.manifest()
-        points = coords.merge(manifest[manifest["status"] == "ok"], on="id", how="inner", validate="one_to_one")
+        points = coords.merge(self.scope.ok_manifest(), on="id", how="inner", validate="one_to_one")
+        points = points.merge(self.scope.metadata().drop(columns="label", errors="ignore"), on="id", how="left")
         for name in self.score_names:
             scores = self.scope.read_scores(name)[["id", "score"]].rename(columns={"score": f"score:{name}"})
             points = points.merge(scores, on="id", how="left")
@@ -113,8 +113,21 @@ class ExplorerData:
         options += [{"label": f"anomaly score ({c[6:]})", "value": c} for c in self.points.columns if c.startswith("score:")]
         options.append({"label": "cluster (k-means on the map)", "value": "cluster"})
         skip = {"id", "x", "y", "z", "row", "sha256", "path", "status", "error", "label", "mtime_ns"}
-        options += [{"label": c, "value": c} for c in self.points.columns if c not in skip and not c.startswith("score:")]
+        options += [{"label": c, "value": c} for c in self.points.columns
+                    if c not in skip and not c.startswith("score:") and not self.is_text(c)]
         return options
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """Columns of the attached metadata shown with each image (the label is shown as the label)."""
+        return [c for c in self.scope.metadata().columns if c not in ("id", "label") and c in self.points]
+
+    def is_text(self, name: str) -> bool:
+        """Free text such as captions or notes: shown with each image, too varied to colour by."""
+        values = self.points[name].dropna()
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            return False
+        return values.astype(str).nunique() > max(MAX_CATEGORIES, len(values) // 2)
 
     def default_colour(self) -> str:
         if self.default_score_column and not self.has_labels:
@@ -144,6 +157,20 @@ class ExplorerData:
             return pd.Series(["0"] * len(xy), name="cluster")
         model = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3, batch_size=4096).fit(xy)
         return pd.Series([f"c{c}" for c in model.labels_], name="cluster")
+
+    def tag(self, name: str, ids, value: bool = True) -> int:
+        """Mark (or unmark) images with tag ``name`` in the scope's metadata; returns how many carry it now."""
+        from ..metadata import set_tag
+
+        tagged = set_tag(self.scope, name, ids, value)
+        self.points = self._load_points(self.map_name)
+        return tagged
+
+    def table_for(self, ids) -> pd.DataFrame:
+        """The images' rows as a user would export them: id, file, label, map position, scores, metadata."""
+        rows = self.points.iloc[self.ids_to_rows(ids)]
+        internal = {"row", "sha256", "status", "error", "mtime_ns", "bytes"}
+        return rows[[c for c in rows.columns if c not in internal]].rename(columns={"path": "file"})
 
     def ids_to_rows(self, ids) -> np.ndarray:
         ids = [int(i) for i in ids]

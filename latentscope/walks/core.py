@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..errors import InputError, ScopeError
@@ -442,6 +443,29 @@ class Walker:
         knots.append(End(start.latent + np.float32(hi) * d, {"kind": "latent", "strength": hi}))
         return knots
 
+    def _column_equals(self, ok: pd.DataFrame, column: str, value: str) -> np.ndarray:
+        """Which encoded images have ``value`` in metadata ``column`` (numbers compare as numbers: 1 = 1.0)."""
+        where = f"group {column}={value}"
+        if column == "label":
+            values = ok["label"]
+        else:
+            metadata = self.scope.metadata()
+            if column not in metadata or column == "id":
+                known = ", ".join(c for c in metadata.columns if c != "id") or "none; attach a table with 'latentscope annotate'"
+                raise InputError(f"{where}: the scope has no metadata column {column!r} (columns: {known})")
+            values = ok[["id"]].merge(metadata[["id", column]], on="id", how="left")[column]
+        equal = (values.astype(str) == value).to_numpy()
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None:
+            equal = equal | (pd.to_numeric(values, errors="coerce").to_numpy(np.float64) == number)
+        if not equal.any():
+            seen = ", ".join(sorted(values.dropna().astype(str).unique())[:20]) or "none"
+            raise InputError(f"{where}: no encoded image has that value (values: {seen})")
+        return equal
+
     def group_mean(self, group: dict) -> np.ndarray:
         if self.scope is None:
             raise InputError("direction groups need a scope")
@@ -451,6 +475,8 @@ class Walker:
             if not len(rows):
                 labels = ", ".join(sorted(set(ok["label"]) - {""})[:20]) or "none"
                 raise InputError(f"group label:{group['label']}: no encoded image has that label (labels: {labels})")
+        elif "column" in group:
+            rows = ok.loc[self._column_equals(ok, str(group["column"]), str(group["value"])), "row"].to_numpy()
         else:
             if not group["ids"]:
                 raise InputError("group ids: give at least one image id")

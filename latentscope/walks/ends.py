@@ -100,8 +100,9 @@ def _check_spec(spec: dict) -> dict:
 
 
 def parse_group(value) -> dict:
-    """A group of scope images for direction walks: ``label:NAME``, ``ids:1,2,3``, a list of ids, or a dict."""
-    if isinstance(value, dict) and ("label" in value or "ids" in value):
+    """A group of scope images for direction walks: ``label:NAME``, ``ids:1,2,3``, ``COLUMN=VALUE`` (a metadata
+    column), a list of ids, or a dict."""
+    if isinstance(value, dict) and ("label" in value or "ids" in value or {"column", "value"} <= set(value)):
         return dict(value)
     if isinstance(value, (list, tuple, np.ndarray)):
         return {"ids": [int(v) for v in value]}
@@ -113,7 +114,10 @@ def parse_group(value) -> dict:
             return {"ids": [int(v) for v in text[4:].split(",") if v.strip()]}
         except ValueError:
             pass
-    raise InputError(f"image group {value!r}: write label:NAME or ids:1,2,3")
+    column, equals, wanted = text.partition("=")
+    if equals and column.strip():
+        return {"column": column.strip(), "value": wanted.strip()}
+    raise InputError(f"image group {value!r}: write label:NAME, ids:1,2,3 or COLUMN=VALUE")
 
 
 # ------------------------------------------------------------------------ map coordinates
