@@ -56,3 +56,11 @@ def test_score_anomalies_example(tmp_path):
     out = run_example("score_anomalies.py", "--out", str(tmp_path))
     assert "120 images scored with diffusion" in out and "defective images are among the top 6" in out
     assert "heatmap of the most anomalous image" in out and "| defects: blob, scratch, blur, colour, noise | auroc |" in out
+
+
+def test_annotate_metadata_example(tmp_path, kl_folder):
+    out = run_example("annotate_metadata.py", "--model", str(kl_folder), "--out", str(tmp_path))
+    assert "metadata.csv: matched 150 of 150 rows to images by column 'image' (stem); columns: label, loop, ink" in out
+    assert "labels now: {'even': " in out and "kNN label agreement (k=10, 2 labels)" in out
+    assert "tagged 15 images 'heavy'" in out and "metadata columns: label, loop, ink, heavy" in out
+    assert "direction walk loop=no -> loop=yes" in out and (tmp_path / "loop-direction.png").is_file()
