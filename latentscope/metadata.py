@@ -202,8 +202,6 @@ def find_key(raw: pd.DataFrame, ok: pd.DataFrame, key: str | None, match: str, r
              table: Path) -> tuple[str, str, np.ndarray]:
     """(key column, way of matching, image id per row), choosing the column and the way when not given."""
     if key is not None:
-        if key not in raw.columns:
-            raise InputError(f"{table}: no column {key!r} (columns: {', '.join(raw.columns)})")
         candidates = [key]
     else:
         named = [c for c in raw.columns if c.lower() in KEY_NAMES]
@@ -262,9 +260,6 @@ def _storable(series: pd.Series) -> pd.Series:
 def _user_columns(frame: pd.DataFrame, key: str, label: str | None, columns: list[str] | None,
                   table: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     """The table's columns to store, the label column renamed to ``label`` and names the scope uses renamed."""
-    for name in [*(columns or []), *([label] if label else [])]:
-        if name not in frame.columns:
-            raise InputError(f"{table}: no column {name!r} (columns: {', '.join(frame.columns)})")
     keep = list(columns) if columns else [c for c in frame.columns if c != key and not INDEX_COLUMN.match(c)]
     if label and label not in keep:
         keep.append(label)
@@ -305,6 +300,9 @@ def annotate(scope: Scope | str | os.PathLike, table: str | os.PathLike | pd.Dat
     else:
         source = Path(table).expanduser().resolve()
         frame, raw = read_table(source), read_table(source, as_text=True)
+    for name in [*([key] if key else []), *(columns or []), *([label] if label else [])]:
+        if name not in frame.columns:
+            raise InputError(f"{source}: no column {name!r} (columns: {', '.join(frame.columns)})")
     ok = scope.ok_manifest()
     column, how, found = find_key(raw, ok, key, match, _images_root(scope), source)
     _check_repeats(found, ok, source)

@@ -40,6 +40,8 @@ def world(tmp_path_factory) -> Path:
     write_test_map_and_scores(root / "scope")
     encode(root / "images", root / "model-b", root / "scope-b", progress=False, device="cpu", thumbnails=False)
     (root / "notes.txt").write_text("not an image folder, not a model, not a scope\n")
+    (root / "unmatched.csv").write_text("file,species\nzebra.png,zebra\n")
+    (root / "repeated.csv").write_text("file,species\na/img0000.png,x\nimg0000.png,y\n")
     (root / "empty").mkdir()
     (root / "empty.gif").mkdir()
     (root / "not-empty").mkdir()
@@ -183,6 +185,16 @@ CASES = [
     ("walk: unknown map", "walk {w}/scope --from map:0,0 --to 1 --map nope --out {w}/new.gif", "nope"),
     ("walk: replay missing", "walk --replay {w}/missing.json --out {w}/new.gif", "missing.json"),
     ("walk: replay not a sidecar", "walk --replay {w}/notes.txt --out {w}/new.gif", "notes.txt"),
+    # annotate
+    ("annotate: scope missing", "annotate {w}/missing {w}/unmatched.csv", "not a scope"),
+    ("annotate: table missing", "annotate {w}/scope {w}/missing.csv", "missing.csv: no such file"),
+    ("annotate: table is a folder", "annotate {w}/scope {w}/empty", "is a folder"),
+    ("annotate: not a table format", "annotate {w}/scope {w}/notes.txt", "unknown table format"),
+    ("annotate: nothing matches", "annotate {w}/scope {w}/unmatched.csv", "no row matches"),
+    ("annotate: two rows for one image", "annotate {w}/scope {w}/repeated.csv --match name", "both describe"),
+    ("annotate: unknown key", "annotate {w}/scope {w}/repeated.csv --key nope", "no column 'nope'"),
+    ("annotate: unknown label column", "annotate {w}/scope {w}/repeated.csv --label nope", "no column 'nope'"),
+    ("annotate: unknown match", "annotate {w}/scope {w}/repeated.csv --match fuzzy", "invalid choice"),
     # serve
     ("serve: scope missing", "serve {w}/missing", "not a scope"),
     ("serve: scope without a map", "serve {w}/scope-b", "map"),
