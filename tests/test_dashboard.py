@@ -431,7 +431,8 @@ def _annotated_copy(explorer_scope, tmp_path):
 
 
 def test_metadata_columns_colour_the_map_and_show_with_each_image(explorer_scope, tmp_path):
-    callbacks = create_app(_annotated_copy(explorer_scope, tmp_path), device="cpu").latentscope.callbacks
+    app = create_app(_annotated_copy(explorer_scope, tmp_path), device="cpu")
+    callbacks = app.latentscope.callbacks
     options = [o["value"] for o in callbacks.data.colour_options()]
     assert "size" in options and "weight" in options
     assert "caption" not in options  # free text is shown with each image, not offered as a colouring
@@ -440,6 +441,13 @@ def test_metadata_columns_colour_the_map_and_show_with_each_image(explorer_scope
     image_id = int(callbacks.data.points["id"].iloc[2])
     panel = str(callbacks.inspect_panel(image_id))
     assert "a picture numbered 2" in panel and "weight" in panel
+    # hovering shows the value of the column the map is coloured by (an unknown column is ignored)
+    client = app.server.test_client()
+    weight = callbacks.data.points.set_index("id").loc[image_id, "weight"]
+    assert client.get(f"/info/{image_id}?colour=weight").get_json()["text"].endswith(f" · weight {weight:.4g}")
+    assert client.get(f"/info/{image_id}?colour=size").get_json()["text"].endswith(" · size small") or \
+        client.get(f"/info/{image_id}?colour=size").get_json()["text"].endswith(" · size large")
+    assert "caption" not in client.get(f"/info/{image_id}?colour=caption").get_json()["text"]
 
 
 def test_tagging_a_selection_stores_it_and_offers_it_as_a_colouring(explorer_scope, tmp_path):

@@ -399,11 +399,11 @@ function(hover) {
 """
 
 HOVER_INFO_JS = """
-async function(hover) {
+async function(hover, colour) {
     const id = hover && hover.points && hover.points.length ? window.latentscopePointId(hover.points[0]) : null;
     if (id === null) { return window.dash_clientside.no_update; }
     try {
-        const response = await fetch('info/' + id);
+        const response = await fetch('info/' + id + (colour ? '?colour=' + encodeURIComponent(colour) : ''));
         if (!response.ok) { return 'id ' + id; }
         return (await response.json()).text;
     } catch (error) {
@@ -438,7 +438,8 @@ def register(app, callbacks: Callbacks) -> None:
         HOVER_JS,
         Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),
     )
-    app.clientside_callback(HOVER_INFO_JS, Output("hover-text", "children"), Input("map", "hoverData"))
+    app.clientside_callback(HOVER_INFO_JS, Output("hover-text", "children"), Input("map", "hoverData"),
+                            State("colour-by", "value"))
     app.clientside_callback(CLICK_JS, Output("clicked-point", "data"), Input("map", "clickData"), prevent_initial_call=True)
     app.clientside_callback(SELECT_JS, Output("selected-points", "data"), Input("map", "selectedData"), prevent_initial_call=True)
     app.callback(

@@ -58,8 +58,7 @@ class ExplorerData:
         self.map_name = map_name or (self.map_names[0] if self.map_names else None)
         if self.map_name is None:
             raise ScopeError(f"{self.scope.path}: has no map yet; run 'latentscope project {self.scope.path}' first")
-        self.points = self._load_points(self.map_name)
-        self._row_of_id = pd.Series(np.arange(len(self.points)), index=self.points["id"].to_numpy())
+        self._use_points(self._load_points(self.map_name))
 
     # ------------------------------------------------------------------ points and columns
 
@@ -73,12 +72,16 @@ class ExplorerData:
         points["label"] = points["label"].fillna("").astype(str)
         return points.reset_index(drop=True)
 
+    def _use_points(self, points: pd.DataFrame) -> None:
+        self.points = points
+        self._row_of_id = pd.Series(np.arange(len(points)), index=points["id"].to_numpy())
+        self._colour_options = None  # found again from the new columns
+
     def switch_map(self, map_name: str) -> None:
         if map_name not in self.map_names:
             raise ScopeError(f"{self.scope.path}: no map named {map_name!r}")
         self.map_name = map_name
-        self.points = self._load_points(map_name)
-        self._row_of_id = pd.Series(np.arange(len(self.points)), index=self.points["id"].to_numpy())
+        self._use_points(self._load_points(map_name))
 
     @property
     def dense(self) -> bool:
@@ -107,6 +110,11 @@ class ExplorerData:
 
     def colour_options(self) -> list[dict]:
         """Columns the map can be coloured by, as dropdown options."""
+        if self._colour_options is None:
+            self._colour_options = self._find_colour_options()
+        return self._colour_options
+
+    def _find_colour_options(self) -> list[dict]:
         options = [{"label": "nothing", "value": "none"}]
         if self.has_labels:
             options.append({"label": "label", "value": "label"})
@@ -116,6 +124,9 @@ class ExplorerData:
         options += [{"label": c, "value": c} for c in self.points.columns
                     if c not in skip and not c.startswith("score:") and not self.is_text(c)]
         return options
+
+    def colour_values(self) -> set[str]:
+        return {option["value"] for option in self.colour_options()}
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -163,7 +174,7 @@ class ExplorerData:
         from ..metadata import set_tag
 
         tagged = set_tag(self.scope, name, ids, value)
-        self.points = self._load_points(self.map_name)
+        self._use_points(self._load_points(self.map_name))
         return tagged
 
     def table_for(self, ids) -> pd.DataFrame:

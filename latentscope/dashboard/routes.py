@@ -43,7 +43,8 @@ def plotly_js_with_compile_hint() -> tuple[bytes, str]:
     return script, generate_etag(script)
 
 
-def hover_text(data: ExplorerData, image_id: int) -> str:
+def hover_text(data: ExplorerData, image_id: int, colour: str | None = None) -> str:
+    """'id 12 · label cat · score 1.234', and the value of the column the map is coloured by."""
     point = data.point(image_id)
     parts = [f"id {image_id}"]
     if point.get("label"):
@@ -51,6 +52,11 @@ def hover_text(data: ExplorerData, image_id: int) -> str:
     score = data.default_score_column
     if score and point.get(score) is not None and math.isfinite(point[score]):
         parts.append(f"score {point[score]:.3f}")
+    if colour and colour not in ("none", "label", score) and colour in data.colour_values():
+        value = data.column(colour).iloc[int(data.ids_to_rows([image_id])[0])]
+        if not (isinstance(value, float) and math.isnan(value)):
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            parts.append(f"{colour.replace('score:', 'score ')} {shown[:60]}")
     return " · ".join(parts)
 
 
@@ -77,7 +83,7 @@ def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = 
     def info(image_id: int):
         if not data.knows(image_id):
             abort(404)
-        return jsonify({"id": image_id, "text": hover_text(data, image_id)})
+        return jsonify({"id": image_id, "text": hover_text(data, image_id, request.args.get("colour"))})
 
     def job_file(job_id: str, name: str):
         job = jobs.get(job_id)
