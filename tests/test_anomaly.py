@@ -540,6 +540,10 @@ def test_score_cli_runs_and_lists_the_top(digits_scope, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "most anomalous 3:" in out
     assert len(list((digits_scope.parent / "export").glob("*.png"))) == 3
+    listed = pd.read_csv(digits_scope.parent / "export" / "top.csv")
+    assert listed["rank"].tolist() == [1, 2, 3] and listed["score"].is_monotonic_decreasing
+    assert "listed in top.csv" in out and all((digits_scope.parent / "export" / f).is_file() for f in listed["heatmap"])
+    assert set(listed["file"]) <= set(Scope(digits_scope).manifest()["path"]) and "terms" in listed
     code = main(["-q", "score", str(digits_scope), "--name", "cli", "--levels", "0", "0.1", "--steps", "2", "--draws", "2",
                  "--reference-size", "20", "--top", "3", "--export", str(digits_scope.parent / "again")])
     out = capsys.readouterr().out

@@ -148,6 +148,17 @@ def heatmap_renderer(scope, name: str | None = None, **options):
     return render.png_or_none if render.can_render() else None
 
 
+def export_top(scope, folder: str | os.PathLike, top, name: str = "default", **options) -> Path:
+    """Heatmap overlays of the ``top`` images (a :func:`top_scores` frame) and ``top.csv`` beside them: rank,
+    id, file, score (and terms) with the overlay's file name, so the flagged files can be acted on."""
+    written = export_heatmaps(scope, folder, name=name, ids=top["id"].tolist(), **options)
+    table = top.rename(columns={"path": "file"}).assign(heatmap=[p.name for p in written])
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    target = Path(folder) / "top.csv"
+    write_bytes(target, table.to_csv(index=False).encode("utf-8"))
+    return target
+
+
 def export_heatmaps(scope, folder: str | os.PathLike, name: str = "default", ids=None, **options) -> list[Path]:
     """Write overlays as ``<folder>/<id>.png`` for ``ids`` (default: every scored image)."""
     render = Heatmaps(scope, name, **options)

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="score again even when the stored scores are up to date "
                         "(same settings, model and images)")
     parser.add_argument("--top", type=non_negative_int, default=10, help="list this many most anomalous images at the end (default 10)")
-    parser.add_argument("--export", metavar="FOLDER", type=output_folder, help="write heatmap overlays of the --top images as PNG files here")
+    parser.add_argument("--export", metavar="FOLDER", type=output_folder, help="write heatmap overlays of the --top images as PNG files here, with top.csv (rank, id, file, score)")
     add_device_options(parser)
     add_engine_options(parser)
     parser.set_defaults(func=run)
@@ -69,7 +69,7 @@ def raise_option_error(message: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..anomaly import export_heatmaps, score
+    from ..anomaly import export_top, score
 
     options = diffusion_options(args)
     summary = score(
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print("\n".join(summary.lines()))
     if args.export and summary.top is not None:
-        written = export_heatmaps(args.scope, args.export, name=args.name, ids=summary.top["id"].tolist(),
-                                  model=args.model, device=args.device)
-        print(f"heatmaps of the top {len(written)} written to {args.export}")
+        table = export_top(args.scope, args.export, summary.top, name=args.name, model=args.model, device=args.device)
+        print(f"heatmaps of the top {len(summary.top)} written to {args.export}, listed in {table.name}")
     return 0
