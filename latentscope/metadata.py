@@ -343,6 +343,16 @@ def _write(scope: Scope, stored: pd.DataFrame, source: dict, replace: bool = Fal
     log.info("%s: metadata for %d images, columns %s", scope.path, len(frame), list(frame.columns[1:]))
 
 
+def matches_value(values: pd.Series, wanted: str) -> np.ndarray:
+    """Which values equal ``wanted``: as text in any case, or as a number (1 = 1.0)."""
+    equal = (values.astype(str).str.lower() == wanted.lower()).fillna(False).to_numpy(bool)
+    try:
+        number = float(wanted)
+    except ValueError:
+        return equal
+    return equal | (pd.to_numeric(values, errors="coerce").to_numpy(np.float64) == number)
+
+
 # ---------------------------------------------------------------------- tags
 
 

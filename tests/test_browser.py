@@ -177,6 +177,21 @@ def test_box_select_shows_gallery_with_matching_count(explorer):
     assert dash_duo.get_logs() == []
 
 
+def test_finding_by_text_selects_and_rings_the_matches(explorer):
+    dash_duo, app = explorer
+    points = app.latentscope.data.points
+    expected = int(points["path"].str.startswith("owls/").sum())
+    next(t for t in dash_duo.driver.find_elements("css selector", "#panel-tabs .tab") if t.text == "Select").click()
+    dash_duo.find_element("#find-text").send_keys("OWLS/\n")
+    dash_duo.wait_for_text_to_equal("#find-summary", f"{expected} images match 'OWLS/'", timeout=10)
+    dash_duo.wait_for_text_to_equal("#selection-count", f"{expected} selected", timeout=10)
+    ringed = dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#map .js-plotly-plot');"
+        "return gd._fullData.find(t => t.name === 'highlight').x.length;")
+    assert ringed == expected
+    assert dash_duo.get_logs() == []
+
+
 def test_a_selection_is_tagged_coloured_by_its_tag_and_downloaded(dash_duo, explorer_scope, tmp_path):
     import pandas as pd
 

@@ -478,3 +478,21 @@ def test_tagging_a_selection_stores_it_and_offers_it_as_a_colouring(explorer_sco
     assert not {"sha256", "row", "status"} & set(table.columns)
     with pytest.raises(PreventUpdate):
         callbacks.download_selection(1, [])
+
+
+def test_finding_images_by_text_selects_and_rings_them(explorer_scope, tmp_path):
+    callbacks = create_app(_annotated_copy(explorer_scope, tmp_path), device="cpu").latentscope.callbacks
+    points = callbacks.data.points
+    ids, summary, patch = callbacks.find("  NUMBERED 1 ", None, 3)  # captions 1 and 10-19, in any case
+    expected = points.loc[points["caption"].str.contains("numbered 1"), "id"].tolist()
+    assert ids == expected and len(ids) == 11 and summary == "11 images match 'NUMBERED 1'"
+    ringed = patch.to_plotly_json()["operations"]
+    assert ringed[-1]["params"]["value"] == ids
+    assert callbacks.find("owls/", None, 3)[0] == points.loc[points["path"].str.startswith("owls/"), "id"].tolist()
+    assert callbacks.find("size=LARGE", None, 3)[0] == points.loc[points["size"] == "large", "id"].tolist()
+    assert callbacks.find("weight=0", None, 3)[0] == [int(points.loc[points["weight"] == 0, "id"].iloc[0])]
+    assert callbacks.find("zebra", None, 3)[:2] == ([], "nothing matches 'zebra'")
+    ids, summary, patch = callbacks.find("", float(points["score:default"].max()), 3)  # clearing rings the threshold's again
+    assert ids == [] and summary == "" and len(patch.to_plotly_json()["operations"][-1]["params"]["value"]) == 1
+    selection, _ = callbacks.selection(callbacks.find("cats/", None, 3)[0])
+    assert callbacks.gallery(selection)[0] == f"{len(selection)} selected"

@@ -216,6 +216,18 @@ class Callbacks:
         done = f"{'tagged' if adding else 'untagged'} {len(ids):,} images · {tagged:,} carry {name!r} · saved in the scope"
         return done, self.data.colour_options(), (colour if colour == name else no_update)
 
+    def find(self, text, threshold, n_base):
+        """Images matching the text become the selection and are ringed on the map (an empty text clears both,
+        and the ring goes back to the anomaly threshold's)."""
+        if not (text or "").strip():
+            return [], "", self.overlay_patch(n_base, "highlight", self.ids_above(threshold))
+        ids = self.data.find(text).tolist()
+        if not ids:
+            return [], f"nothing matches {text.strip()!r}", no_update
+        ringed = ids[:HIGHLIGHT_LIMIT]
+        shown = f"{len(ids):,} images match {text.strip()!r}" + (f" (the first {HIGHLIGHT_LIMIT:,} are ringed)" if len(ids) > len(ringed) else "")
+        return ids, shown, self.overlay_patch(n_base, "highlight", ringed)
+
     def download_selection(self, clicks, ids):
         if not clicks or not ids:
             raise PreventUpdate
@@ -510,6 +522,9 @@ def register(app, callbacks: Callbacks) -> None:
         State("tag-name", "value"), State("selection-ids", "data"), State("colour-by", "value"),
         prevent_initial_call=True,
     )(cb.tag_selection)
+    app.callback(Output("selection-ids", "data", allow_duplicate=True), Output("find-summary", "children"),
+                 Output("map", "figure", allow_duplicate=True), Input("find-text", "value"),
+                 State("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.find)
     app.callback(Output("selection-download", "data"), Input("selection-csv", "n_clicks"), State("selection-ids", "data"),
                  prevent_initial_call=True)(cb.download_selection)
     job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"),

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..errors import LatentscopeError, ScopeError
 from ..images import load_image
+from ..metadata import matches_value
 from ..scope import Scope
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,23 @@ class ExplorerData:
         tagged = set_tag(self.scope, name, ids, value)
         self._use_points(self._load_points(self.map_name))
         return tagged
+
+    def find(self, text: str) -> np.ndarray:
+        """Ids of the images whose file name, label or metadata contains ``text`` (any case), or, for
+        ``COLUMN=VALUE`` with a column the points have, whose value is VALUE (numbers compare as numbers)."""
+        text = (text or "").strip()
+        column, equals, value = text.partition("=")
+        if equals and column.strip() in self.points.columns and column.strip() not in ("x", "y", "z"):
+            hits = matches_value(self.points[column.strip()], value.strip())
+        else:
+            needle = text.lower()
+            if not needle:
+                return np.zeros(0, np.int64)
+            searched = ["path", "label", *(c for c in self.metadata_columns if not pd.api.types.is_numeric_dtype(self.points[c]))]
+            hits = np.zeros(len(self.points), bool)
+            for name in searched:
+                hits |= self.points[name].astype(str).str.lower().str.contains(needle, regex=False).fillna(False).to_numpy(bool)
+        return self.points["id"].to_numpy(np.int64)[hits]
 
     def table_for(self, ids) -> pd.DataFrame:
         """The images' rows as a user would export them: id, file, label, map position, scores, metadata."""

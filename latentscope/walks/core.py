@@ -444,7 +444,9 @@ class Walker:
         return knots
 
     def _column_equals(self, ok: pd.DataFrame, column: str, value: str) -> np.ndarray:
-        """Which encoded images have ``value`` in metadata ``column`` (numbers compare as numbers: 1 = 1.0)."""
+        """Which encoded images have ``value`` in metadata ``column`` (any case; numbers compare as numbers)."""
+        from ..metadata import matches_value
+
         where = f"group {column}={value}"
         if column == "label":
             values = ok["label"]
@@ -454,13 +456,7 @@ class Walker:
                 known = ", ".join(c for c in metadata.columns if c != "id") or "none; attach a table with 'latentscope annotate'"
                 raise InputError(f"{where}: the scope has no metadata column {column!r} (columns: {known})")
             values = ok[["id"]].merge(metadata[["id", column]], on="id", how="left")[column]
-        equal = (values.astype(str) == value).to_numpy()
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if number is not None:
-            equal = equal | (pd.to_numeric(values, errors="coerce").to_numpy(np.float64) == number)
+        equal = matches_value(values, value)
         if not equal.any():
             seen = ", ".join(sorted(values.dropna().astype(str).unique())[:20]) or "none"
             raise InputError(f"{where}: no encoded image has that value (values: {seen})")
