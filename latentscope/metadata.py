@@ -365,7 +365,7 @@ def check_tag_name(name) -> str:
     return text
 
 
-def _is_tag(series: pd.Series) -> bool:
+def is_tag(series: pd.Series) -> bool:
     """A boolean column, also once images added later left gaps in it (which makes it an object column)."""
     return pd.api.types.is_bool_dtype(series) or series.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all()
 
@@ -380,7 +380,7 @@ def set_tag(scope: Scope | str | os.PathLike, name: str, ids, value: bool = True
     if not len(chosen):
         raise InputError(f"tag {name!r}: none of the given ids is an encoded image of the scope")
     stored = scope.metadata().set_index("id")
-    if name in stored and not _is_tag(stored[name]):
+    if name in stored and not is_tag(stored[name]):
         raise InputError(f"tag {name!r}: the metadata has a column of that name that is not a tag; pick another name")
     stored = stored.reindex(stored.index.union(ok_ids))
     column = stored[name].astype("boolean").fillna(False) if name in stored else pd.Series(False, index=stored.index)

@@ -586,3 +586,55 @@ def test_eval_anomaly_cli_on_folders(tiny_model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "semantic: three" in out and "defects: blob" in out and "30 normal, 15 three" in out
     assert (tmp_path / "report.json").exists()
+
+
+# --------------------------------------------------------------------------- measuring stored scores against the user's truth
+
+
+def test_stored_scores_are_measured_against_a_tag_or_a_column_value(tmp_path):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from conftest import latent_scope
+    from latentscope.anomaly.truth import evaluate_stored, truth_labels, truth_lines
+    from latentscope.metadata import annotate, set_tag
+
+    rng = np.random.default_rng(0)
+    n = 60
+    scope_path = latent_scope(tmp_path / "scope", rng.normal(size=(n, 4, 2, 2)).astype(np.float32), labels=["a", "b"] * 30)
+    odd = np.arange(n) < 10
+    noisy = odd * 1.0 + rng.normal(scale=0.8, size=n)
+    scope = Scope(scope_path)
+    scope.write_scores("default", pd.DataFrame({"id": np.arange(n), "score": noisy}), {"method": "diffusion"})
+    scope.write_scores("flat", pd.DataFrame({"id": np.arange(n), "score": np.zeros(n)}), {"method": "roundtrip"})
+    set_tag(scope_path, "odd", np.flatnonzero(odd))
+    table = evaluate_stored(scope_path, "odd").set_index("score")
+    assert table.loc["default", "auroc"] == pytest.approx(roc_auc_score(odd, noisy))
+    assert table.loc["default", "aupr"] == pytest.approx(average_precision_score(odd, noisy))
+    assert table.loc["default", "top_precision"] == pytest.approx(odd[np.argsort(-noisy)[:10]].mean())
+    assert table.loc["flat", "auroc"] == 0.5 and table.loc["default", "method"] == "diffusion"
+    lines = truth_lines(table.reset_index(), "odd")
+    assert lines[1].lstrip().startswith("default (diffusion)") and "60 images, 10 anomalous" in lines[1]
+    # a column value; images without a value are left out; labels work as a column
+    annotate(scope_path, pd.DataFrame({"id": np.arange(40), "kind": np.where(odd[:40], "Odd", "ok")}))
+    assert truth_labels(scope_path, "kind=odd").sum() == 10 and len(truth_labels(scope_path, "kind=odd")) == 40
+    assert evaluate_stored(scope_path, "kind=odd").set_index("score").loc["default", "images"] == 40
+    assert truth_labels(scope_path, "label=b").sum() == 30
+    for spec, message in [("wings", "no metadata column 'wings'"), ("kind", "not a true/false column; write kind=VALUE"),
+                          ("kind=zebra", "0 of 40 images are anomalous")]:
+        with pytest.raises(InputError, match=message):
+            truth_labels(scope_path, spec)
+
+
+def test_score_cli_measures_against_the_truth_and_checks_it_before_scoring(digits_scope, tmp_path, capsys):
+    import shutil
+
+    from latentscope.metadata import set_tag
+
+    scoped = tmp_path / "digits.scope"
+    shutil.copytree(digits_scope, scoped)
+    set_tag(scoped, "blob", Scope(scoped).ok_manifest()["id"].iloc[:2])
+    assert main(["-q", "score", str(scoped), "--name", "rt", "--method", "roundtrip", "--truth", "nope"]) == 2
+    assert "no metadata column 'nope'" in capsys.readouterr().err and "rt" not in Scope(scoped).table_names("scores")
+    assert main(["-q", "score", str(scoped), "--name", "rt", "--method", "roundtrip", "--truth", "blob"]) == 0
+    out = capsys.readouterr().out
+    assert "against blob" in out and "rt (roundtrip)  80 images, 2 anomalous: AUROC" in out

@@ -46,6 +46,10 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="score again even when the stored scores are up to date "
                         "(same settings, model and images)")
     parser.add_argument("--top", type=non_negative_int, default=10, help="list this many most anomalous images at the end (default 10)")
+    parser.add_argument("--truth", metavar="COLUMN[=VALUE]",
+                        help="then measure every stored score of the scope (AUROC, AUPR, F1-max, top-N precision) against "
+                        "the images a true/false metadata column or tag marks as anomalous, or COLUMN=VALUE "
+                        "(label=VALUE for labels); see 'latentscope annotate'")
     parser.add_argument("--export", metavar="FOLDER", type=output_folder, help="write heatmap overlays of the --top images as PNG files here, with top.csv (rank, id, file, score)")
     add_device_options(parser)
     add_engine_options(parser)
@@ -70,8 +74,11 @@ def raise_option_error(message: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..anomaly import export_top, score
+    from ..anomaly.truth import evaluate_stored, truth_labels, truth_lines
 
     options = diffusion_options(args)
+    if args.truth:
+        truth_labels(args.scope, args.truth)  # a wrong column is reported before any scoring
     summary = score(
         args.scope,
         args.model,
@@ -97,4 +104,6 @@ def run(args: argparse.Namespace) -> int:
     if args.export and summary.top is not None:
         table = export_top(args.scope, args.export, summary.top, name=args.name, model=args.model, device=args.device)
         print(f"heatmaps of the top {len(summary.top)} written to {args.export}, listed in {table.name}")
+    if args.truth:
+        print("\n".join(truth_lines(evaluate_stored(args.scope, args.truth), args.truth)))
     return 0
