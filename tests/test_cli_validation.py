@@ -144,6 +144,8 @@ CASES = [
     ("score: scope missing", "score {w}/missing", "not a scope"),
     ("score: model without a denoiser", "score {w}/scope", "unet"),
     ("score: other model", "score {w}/scope --model {w}/model-b --method roundtrip", "model"),
+    ("score: unknown truth column", "score {w}/scope --method roundtrip --truth nope", "no metadata column 'nope'"),
+    ("score: truth without a value", "score {w}/scope --method roundtrip --truth label", "not a true/false column"),
     ("score: same-shaped other model", "score {w}/scope --model {w}/model-a-other --method roundtrip", "not the one"),
     ("score: reference from another model", "score {w}/scope --method roundtrip --reference {w}/scope-b", "another model"),
     ("score: reference missing", "score {w}/scope --method roundtrip --reference {w}/missing", "not a scope"),
