@@ -127,6 +127,43 @@ def test_click_inspects_a_point(explorer):
     assert dash_duo.get_logs() == []
 
 
+def test_choosing_another_map_redraws_it_and_moves_the_marks(dash_duo, explorer_scope, tmp_path):
+    from latentscope.scope import Scope
+
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    first = Scope(scoped).read_map("default")
+    Scope(scoped).write_map("mirrored", first.assign(x=-first["x"]), {"method": "mirror-for-tests"})
+    app = create_app(scoped, device="cpu")
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    time.sleep(0.5)
+    image_id = int(first["id"].iloc[7])
+    before = point_position(dash_duo, image_id)
+    move_to(dash_duo, *before, click=True)
+    wait_inspecting(dash_duo, image_id)
+    dash_duo.select_dcc_dropdown("#map-name", "mirrored")
+    dash_duo.wait_for_contains_text("#facts", "map “mirrored”", timeout=10)
+    deadline = time.monotonic() + 10
+    while (after := point_position(dash_duo, image_id)) == before:
+        assert time.monotonic() < deadline, "the map was not redrawn"
+        time.sleep(0.1)
+    focus = "const c = document.querySelector('#map svg.mark-layer .focus'); return c && [c.getAttribute('cx'), c.getAttribute('cy')];"
+    left, top = dash_duo.driver.execute_script(
+        "const r = document.querySelector('#map svg.mark-layer').getBoundingClientRect(); return [r.left, r.top];")
+    while True:  # the focus ring follows the image to its place on the new map
+        cx, cy = dash_duo.driver.execute_script(focus)
+        if abs(left + float(cx) - after[0]) < 1.5 and abs(top + float(cy) - after[1]) < 1.5:
+            break
+        assert time.monotonic() < deadline, "the focus ring stayed where the image was on the old map"
+        time.sleep(0.1)
+    other = int(first["id"].iloc[20])
+    move_to(dash_duo, *point_position(dash_duo, other), click=True)
+    wait_inspecting(dash_duo, other)
+    shot(dash_duo, "07-second-map")
+    assert dash_duo.get_logs() == []
+
+
 def wait_inspecting(dash_duo, image_id: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while f"recon/{image_id}.png" not in dash_duo.find_element("#inspect-panel").get_attribute("innerHTML"):

@@ -80,7 +80,7 @@ def test_marks_give_map_positions_of_known_ids(cb):
 def test_warm_up_prepares_the_first_walk(explorer_scope):
     data = create_app(explorer_scope, device="cpu").latentscope.data
     data.warm_up()
-    assert data._walker is not None and "_squared_norms" in vars(data) and "flat_latents" in vars(data)
+    assert data._models.walker is not None and "_squared_norms" in vars(data) and "flat_latents" in vars(data)
 
 
 def test_restyle_patches_only_marker_style(cb):
@@ -496,3 +496,46 @@ def test_finding_images_by_text_selects_and_rings_them(explorer_scope, tmp_path)
     assert ids == [] and summary == "" and len(patch.to_plotly_json()["operations"][-1]["params"]["value"]) == 1
     selection, _ = callbacks.selection(callbacks.find("cats/", None, 3)[0])
     assert callbacks.gallery(selection)[0] == f"{len(selection)} selected"
+
+
+def _two_map_copy(explorer_scope, tmp_path):
+    """A copy of the explorer scope with a second map, 'mirrored': x negated, and without its first image."""
+    import shutil
+
+    from latentscope.scope import Scope
+
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    first = Scope(scoped).read_map("default")
+    mirrored = first.assign(x=-first["x"]).iloc[1:]
+    Scope(scoped).write_map("mirrored", mirrored.reset_index(drop=True), {"method": "mirror-for-tests"})
+    return scoped, first
+
+
+def test_each_page_shows_the_map_it_chose_with_the_marks_moved_there(explorer_scope, tmp_path):
+    scoped, first = _two_map_copy(explorer_scope, tmp_path)
+    app = create_app(scoped, device="cpu")
+    assert app.layout["map-name"].options == ["default", "mirrored"] and app.layout["map-current"].data == "default"
+    cb = app.latentscope.callbacks
+    image_id = int(first["id"].iloc[5])
+    name, figure, n_base, facts, focus, waypoints, walk, view = cb.show_map("mirrored", "label", 5, 0.8, None, image_id,
+                                                                           [image_id])
+    assert name == "mirrored" and facts.startswith("39 images · map “mirrored”") and walk is None and view is None
+    x = float(first.set_index("id").loc[image_id, "x"])
+    assert focus[0][0] == pytest.approx(-x) and waypoints == focus
+    xs = np.concatenate([np.asarray(t.x) for t in figure.data[:n_base]])
+    assert np.allclose(np.sort(xs), np.sort(-first["x"].iloc[1:].to_numpy()), atol=1e-5)
+    assert figure.layout.uirevision == "map:mirrored"  # a new map starts at its own full view
+    # the page's callbacks now run on that map; the default map's callbacks are untouched
+    mirrored = cb.for_map("mirrored")
+    assert mirrored.marks([image_id])[0][0] == pytest.approx(-x) and cb.marks([image_id])[0][0] == pytest.approx(x)
+    assert not mirrored.data.knows(int(first["id"].iloc[0])) and cb.data.knows(int(first["id"].iloc[0]))
+    assert mirrored.data._models is cb.data._models and cb.for_map("nope") is cb
+    # a tag made on one map is on the other's points too
+    triggered("tag-add")
+    mirrored.tag_selection(1, 0, "seen", [image_id], "label")
+    assert bool(cb.data.points.set_index("id").loc[image_id, "seen"])
+
+
+def test_a_single_map_has_no_map_choice(app):
+    assert "map-name" not in str(app.layout) and app.layout["map-current"].data == "default"

@@ -7,7 +7,9 @@ image request).
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from . import actions
 from .data import ExplorerData
 from .figures import OVERLAYS, map_figure, overlay_index
 from .jobs import JobManager
-from .layout import anomaly_rows
+from .layout import anomaly_rows, facts_text
 
 MAX_WAYPOINTS = 8
 QUICK_SECONDS = 1.0  # a walk done within this is shown at once; a longer one shows progress, polled
@@ -51,11 +53,32 @@ def thumb_url(image_id: int) -> str:
 class Callbacks:
     """The server-side behaviour of the page."""
 
-    def __init__(self, data: ExplorerData, jobs: JobManager, heatmaps=None):
+    def __init__(self, data: ExplorerData, jobs: JobManager, heatmaps=None, family: dict | None = None):
         self.data = data
         self.jobs = jobs
         self.heatmaps = heatmaps  # image id -> PNG bytes of the anomaly heatmap overlay, when scoring is available
         self.quick_seconds = QUICK_SECONDS
+        self._family = family if family is not None else {"lock": threading.Lock(), "maps": {data.map_name: self}}
+
+    def for_map(self, map_name) -> "Callbacks":
+        """The callbacks of another map of the scope (each page shows the map it chose; the server keeps one
+        set per map, sharing models and jobs). An unknown name gives this map's."""
+        maps = self._family["maps"]
+        if map_name in maps:
+            return maps[map_name]
+        if map_name not in self.data.map_names:
+            return self
+        with self._family["lock"]:
+            if map_name not in maps:
+                maps[map_name] = Callbacks(self.data.for_map(map_name), self.jobs, self.heatmaps, self._family)
+            return maps[map_name]
+
+    def show_map(self, map_name, colour, size, opacity, threshold, focus_id, walk_ids):
+        """Switch the page to another map: its points, the marks at their places there, no walk path."""
+        other = self.for_map(map_name)
+        figure, n_base = other.redraw(colour, size, opacity, threshold)
+        focus = other.marks([focus_id] if focus_id is not None else [])
+        return other.data.map_name, figure, n_base, facts_text(other.data), focus, other.marks(walk_ids), None, None
 
     # ------------------------------------------------------------------ map
 
@@ -115,6 +138,15 @@ class Callbacks:
             walk_ids.append(image_id)
             return image_id, walk_ids
         return image_id, no_update
+
+    def inspect(self, image_id, tab):
+        return self.inspect_panel(image_id), tab if tab in ("walk", "anomalies", "select") else "inspect"
+
+    def focus_marks(self, image_id):
+        return self.marks([image_id] if image_id is not None else [])
+
+    def waypoints(self, ids):
+        return self.walk_chips(ids), self.marks(ids)
 
     def neighbour_click(self, clicks):
         if not ctx.triggered_id or not any(clicks or []):
@@ -212,6 +244,10 @@ class Callbacks:
             tagged = self.data.tag(name, ids, value=adding)
         except LatentscopeError as exc:
             return _error(str(exc)), no_update, no_update
+        with self._family["lock"]:
+            for other in self._family["maps"].values():
+                if other is not self:
+                    other.data.reload_points()  # the other maps' points carry the tag too
         name = str(name).strip()
         done = f"{'tagged' if adding else 'untagged'} {len(ids):,} images · {tagged:,} carry {name!r} · saved in the scope"
         return done, self.data.colour_options(), (colour if colour == name else no_update)
@@ -445,7 +481,29 @@ function(selected) {
 
 
 def register(app, callbacks: Callbacks) -> None:
+    """Wire the page to the callbacks. Every server-side callback also gets the map the page shows (the last
+    argument) and runs with that map's callbacks."""
     cb = callbacks
+    MAP = State("map-current", "data")  # noqa: N806 (a constant of this function)
+
+    def on_map(method):
+        @functools.wraps(method)
+        def call(*args):
+            *args, map_name = args
+            return getattr(callbacks.for_map(map_name), method.__name__)(*args)
+
+        return call
+
+    if len(callbacks.data.map_names) > 1:
+        app.callback(
+            Output("map-current", "data"), Output("map", "figure", allow_duplicate=True),
+            Output("n-base", "data", allow_duplicate=True), Output("facts", "children"),
+            Output("focus-xy", "data", allow_duplicate=True), Output("waypoint-xy", "data", allow_duplicate=True),
+            Output("walk-result", "data", allow_duplicate=True), Output("view-range", "data", allow_duplicate=True),
+            Input("map-name", "value"), State("colour-by", "value"), State("point-size", "value"),
+            State("point-opacity", "value"), State("anomaly-threshold", "value"), State("focus-id", "data"),
+            State("walk-ids", "data"), prevent_initial_call=True,
+        )(cb.show_map)
     app.clientside_callback(
         HOVER_JS,
         Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),
@@ -459,38 +517,34 @@ def register(app, callbacks: Callbacks) -> None:
         Input("colour-by", "value"),
         State("point-size", "value"), State("point-opacity", "value"), State("anomaly-threshold", "value"),
         State("view-range", "data"),
-        prevent_initial_call=True,
-    )(cb.redraw)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.redraw))
     app.callback(
         Output("map", "figure", allow_duplicate=True), Output("n-base", "data", allow_duplicate=True),
         Input("view-range", "data"), State("colour-by", "value"),
         State("point-size", "value"), State("point-opacity", "value"), State("anomaly-threshold", "value"),
-        prevent_initial_call=True,
-    )(cb.redraw_view)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.redraw_view))
     app.callback(
         Output("map", "figure", allow_duplicate=True),
         Input("point-size", "value"), Input("point-opacity", "value"), State("n-base", "data"),
-        prevent_initial_call=True,
-    )(cb.restyle)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.restyle))
     app.callback(
         Output("focus-id", "data"), Output("walk-ids", "data"),
         Input("clicked-point", "data"), State("panel-tabs", "value"), State("walk-ids", "data"),
-        prevent_initial_call=True,
-    )(cb.click)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.click))
     app.callback(
         Output("focus-id", "data", allow_duplicate=True),
         Input({"type": "thumb", "where": ALL, "id": ALL}, "n_clicks"),
-        prevent_initial_call=True,
-    )(cb.neighbour_click)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.neighbour_click))
     app.callback(Output("inspect-panel", "children"), Output("panel-tabs", "value"),
-                 Input("focus-id", "data"), State("panel-tabs", "value"), prevent_initial_call=True)(
-        lambda image_id, tab: (cb.inspect_panel(image_id), tab if tab in ("walk", "anomalies", "select") else "inspect")
-    )
-    app.callback(Output("focus-xy", "data"), Input("focus-id", "data"), prevent_initial_call=True)(
-        lambda image_id: cb.marks([image_id] if image_id is not None else [])
-    )
+                 Input("focus-id", "data"), State("panel-tabs", "value"), MAP, prevent_initial_call=True)(on_map(cb.inspect))
+    app.callback(Output("focus-xy", "data"), Input("focus-id", "data"), MAP, prevent_initial_call=True)(on_map(cb.focus_marks))
     app.callback(Output("walk-points", "children"), Output("waypoint-xy", "data"),
-                 Input("walk-ids", "data"), prevent_initial_call=True)(lambda ids: (cb.walk_chips(ids), cb.marks(ids)))
+                 Input("walk-ids", "data"), MAP, prevent_initial_call=True)(on_map(cb.waypoints))
     app.clientside_callback(
         """
         function(focus, waypoints, result, frame) {
@@ -504,53 +558,53 @@ def register(app, callbacks: Callbacks) -> None:
         Input("walk-frame", "value"),
     )
     app.callback(Output("walk-ids", "data", allow_duplicate=True), Output("walk-result", "data", allow_duplicate=True),
-                 Input("walk-clear", "n_clicks"), prevent_initial_call=True)(cb.clear_walk)
+                 Input("walk-clear", "n_clicks"), MAP, prevent_initial_call=True)(on_map(cb.clear_walk))
     app.callback(Output("selection-ids", "data"), Output("panel-tabs", "value", allow_duplicate=True),
-                 Input("selected-points", "data"), prevent_initial_call=True)(cb.selection)
+                 Input("selected-points", "data"), MAP, prevent_initial_call=True)(on_map(cb.selection))
     app.callback(Output("selection-count", "children"), Output("selection-gallery", "children"),
-                 Input("selection-ids", "data"))(cb.gallery)
+                 Input("selection-ids", "data"), MAP)(on_map(cb.gallery))
     app.callback(
         Output("group-a", "data"), Output("group-b", "data"), Output("group-summary", "children"),
         Output("direction-summary", "children"),
         Input("set-group-a", "n_clicks"), Input("set-group-b", "n_clicks"),
         State("selection-ids", "data"), State("group-a", "data"), State("group-b", "data"),
-        prevent_initial_call=True,
-    )(cb.set_group)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.set_group))
     app.callback(
         Output("tag-summary", "children"), Output("colour-by", "options"), Output("colour-by", "value", allow_duplicate=True),
         Input("tag-add", "n_clicks"), Input("tag-remove", "n_clicks"),
         State("tag-name", "value"), State("selection-ids", "data"), State("colour-by", "value"),
-        prevent_initial_call=True,
-    )(cb.tag_selection)
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.tag_selection))
     app.callback(Output("selection-ids", "data", allow_duplicate=True), Output("find-summary", "children"),
                  Output("map", "figure", allow_duplicate=True), Input("find-text", "value"),
-                 State("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.find)
+                 State("anomaly-threshold", "value"), State("n-base", "data"), MAP, prevent_initial_call=True)(on_map(cb.find))
     app.callback(Output("selection-download", "data"), Input("selection-csv", "n_clicks"), State("selection-ids", "data"),
-                 prevent_initial_call=True)(cb.download_selection)
+                 MAP, prevent_initial_call=True)(on_map(cb.download_selection))
     job_outputs = (Output("walk-job", "data"), Output("job-poll", "disabled"), Output("job-progress", "children"),
                    Output("walk-result", "data", allow_duplicate=True))
     app.callback(*job_outputs, Input("walk-run", "n_clicks"), State("walk-ids", "data"), State("walk-method", "value"),
-                 State("walk-steps", "value"), State("walk-options", "value"), prevent_initial_call=True)(cb.start_walk)
+                 State("walk-steps", "value"), State("walk-options", "value"), MAP, prevent_initial_call=True)(on_map(cb.start_walk))
     app.callback(*(Output(o.component_id, o.component_property, allow_duplicate=True) for o in job_outputs),
                  Input("direction-run", "n_clicks"), State("focus-id", "data"), State("group-a", "data"),
                  State("group-b", "data"), State("direction-strength", "value"), State("walk-method", "value"),
-                 State("walk-steps", "value"), prevent_initial_call=True)(cb.start_direction)
+                 State("walk-steps", "value"), MAP, prevent_initial_call=True)(on_map(cb.start_direction))
     app.callback(Output("grid-job", "data"), Output("job-poll", "disabled", allow_duplicate=True),
                  Output("job-progress", "children", allow_duplicate=True),
                  Input("grid-run", "n_clicks"), State("grid-size", "value"), State("view-range", "data"),
-                 prevent_initial_call=True)(cb.start_mosaic)
+                 MAP, prevent_initial_call=True)(on_map(cb.start_mosaic))
     app.callback(Output("view-range", "data"), Input("map", "relayoutData"), State("view-range", "data"),
-                 prevent_initial_call=True)(cb.view_range)
+                 MAP, prevent_initial_call=True)(on_map(cb.view_range))
     app.callback(Output("job-progress", "children", allow_duplicate=True), Output("walk-result", "data"),
                  Output("grid-output", "children"), Output("job-poll", "disabled", allow_duplicate=True),
                  Output("walk-job", "data", allow_duplicate=True), Output("grid-job", "data", allow_duplicate=True),
                  Input("job-poll", "n_intervals"), State("walk-job", "data"), State("grid-job", "data"),
-                 prevent_initial_call=True)(cb.poll)
+                 MAP, prevent_initial_call=True)(on_map(cb.poll))
     app.callback(Output("walk-output", "style"), Output("walk-preview", "src"), Output("walk-frame-img", "src"),
                  Output("walk-strip", "children"), Output("walk-frame", "max"), Output("walk-frame", "marks"),
                  Output("walk-frame", "value"), Output("walk-meta", "children"), Output("download-gif", "href"),
                  Output("download-mp4", "href"), Output("download-strip", "href"), Output("walk-play", "disabled"),
-                 Input("walk-result", "data"), prevent_initial_call=True)(cb.walk_view)
+                 Input("walk-result", "data"), MAP, prevent_initial_call=True)(on_map(cb.walk_view))
     app.clientside_callback(
         """
         function(tick, result) {
@@ -577,7 +631,7 @@ def register(app, callbacks: Callbacks) -> None:
         Input("walk-frame", "value"), State("walk-result", "data"), prevent_initial_call=True,
     )
     app.callback(Output("map", "figure", allow_duplicate=True), Output("anomaly-count", "children"),
-                 Input("anomaly-threshold", "value"), State("n-base", "data"), prevent_initial_call=True)(cb.highlight_above)
+                 Input("anomaly-threshold", "value"), State("n-base", "data"), MAP, prevent_initial_call=True)(on_map(cb.highlight_above))
     app.callback(Output("focus-id", "data", allow_duplicate=True),
                  Input("anomaly-table", "active_cell"), State("anomaly-table", "derived_viewport_data"),
-                 prevent_initial_call=True)(cb.table_focus)
+                 MAP, prevent_initial_call=True)(on_map(cb.table_focus))

@@ -7,6 +7,7 @@ manifest are ever turned into file paths.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import threading
@@ -36,6 +37,16 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+class _SharedModels:
+    """The autoencoder and the walker, loaded once and shared by the explorer's maps."""
+
+    def __init__(self):
+        self.codec = None
+        self.walker = None
+        self.codec_lock = threading.Lock()
+        self.walker_lock = threading.Lock()
+
+
 class ExplorerData:
     """A scope opened for exploring: one map, its points and the columns they can be coloured by."""
 
@@ -50,10 +61,7 @@ class ExplorerData:
         self.zoom_points = int(zoom_points)
         self.model_reference = model or self.scope.model.get("reference")
         self.device = device
-        self._model_lock = threading.Lock()
-        self._codec_lock = threading.Lock()
-        self._codec = None
-        self._walker = None
+        self._models = _SharedModels()
         self.map_names = self.scope.table_names("maps")
         self.score_names = self.scope.table_names("scores")
         self.map_name = map_name or (self.map_names[0] if self.map_names else None)
@@ -78,11 +86,20 @@ class ExplorerData:
         self._row_of_id = pd.Series(np.arange(len(points)), index=points["id"].to_numpy())
         self._colour_options = None  # found again from the new columns
 
-    def switch_map(self, map_name: str) -> None:
+    def for_map(self, map_name: str) -> "ExplorerData":
+        """The same scope seen on another of its maps, sharing this one's models and score terms."""
         if map_name not in self.map_names:
             raise ScopeError(f"{self.scope.path}: no map named {map_name!r}")
-        self.map_name = map_name
-        self._use_points(self._load_points(map_name))
+        other = copy.copy(self)
+        for cached in ("clusters", "flat_latents", "_squared_norms", "projection"):  # they depend on the map
+            other.__dict__.pop(cached, None)
+        other.map_name = map_name
+        other.reload_points()
+        return other
+
+    def reload_points(self) -> None:
+        """Read the map, manifest, metadata and scores again (after a tag changed the metadata)."""
+        self._use_points(self._load_points(self.map_name))
 
     @property
     def dense(self) -> bool:
@@ -175,7 +192,7 @@ class ExplorerData:
         from ..metadata import set_tag
 
         tagged = set_tag(self.scope, name, ids, value)
-        self._use_points(self._load_points(self.map_name))
+        self.reload_points()
         return tagged
 
     def find(self, text: str) -> np.ndarray:
@@ -283,12 +300,13 @@ class ExplorerData:
     @property
     def codec(self):
         """The autoencoder, loaded on first use (once, even when several requests ask at the same moment)."""
-        with self._codec_lock:
-            if self._codec is None:
+        models = self._models
+        with models.codec_lock:
+            if models.codec is None:
                 from ..codec import Codec
 
-                self._codec = Codec.from_pretrained(self.model_reference, device=self.device)
-            return self._codec
+                models.codec = Codec.from_pretrained(self.model_reference, device=self.device)
+            return models.codec
 
     @cached_property
     def projection(self):
@@ -353,13 +371,15 @@ class ExplorerData:
             self._squared_norms  # noqa: B018 (a cached property: computing it is the point)
 
     def walker(self):
-        """One walker per explorer (model loaded once, kNN graph cached), shared by all walk jobs."""
-        with self._model_lock:
-            if self._walker is None:
+        """One walker per explorer (model loaded once, kNN graph cached), shared by all walk jobs and maps. (The
+        explorer's walks run between images; their paths are placed on each map by :meth:`map_positions`.)"""
+        models = self._models
+        with models.walker_lock:
+            if models.walker is None:
                 from ..walks import Walker
 
-                self._walker = Walker(self.scope, model=self.codec, projection=self.projection, device=self.device)
-            return self._walker
+                models.walker = Walker(self.scope, model=self.codec, device=self.device)
+            return models.walker
 
     def reconstruction_png(self, image_id: int) -> bytes | None:
         if not self.knows(image_id):

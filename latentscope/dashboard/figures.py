@@ -128,7 +128,7 @@ def map_figure(data: ExplorerData, colour: str, size: float = 5, opacity: float 
         yaxis={**axis, "scaleanchor": "x", "scaleratio": 1},
         dragmode="pan",
         hovermode="closest",
-        uirevision="map",
+        uirevision=f"map:{data.map_name}",  # the view (zoom, pan) is kept while the map stays the same
         legend=dict(orientation="v", x=0.005, xanchor="left", y=0.995, yanchor="top", bgcolor="rgba(255,255,255,0.85)",
                     itemsizing="constant", font=dict(size=12), borderwidth=0),
         font=dict(family="Inter, system-ui, -apple-system, Segoe UI, sans-serif", color="#1F2937"),

@@ -26,10 +26,13 @@ def _tab(label: str, value: str, children) -> dcc.Tab:
     return dcc.Tab(label=label, value=value, children=children, className="tab", selected_className="tab--selected")
 
 
+def facts_text(data: ExplorerData) -> str:
+    model = data.scope.meta.get("model", {})
+    return f"{len(data.points):,} images · map “{data.map_name}” · {model.get('class', 'model')} {model.get('reference', '')}"
+
+
 def header(data: ExplorerData) -> html.Div:
-    meta = data.scope.meta
-    model = meta.get("model", {})
-    facts = f"{len(data.points):,} images · map “{data.map_name}” · {model.get('class', 'model')} {model.get('reference', '')}"
+    facts = facts_text(data)
     controls = [
         _control("Colour by", dcc.Dropdown(id="colour-by", options=data.colour_options(), value=data.default_colour(),
                                            clearable=False, searchable=False), "240px"),
@@ -295,6 +298,7 @@ def build_layout(data: ExplorerData) -> html.Div:
             ),
             walk_output(),
             dcc.Store(id="n-base", data=n_base),
+            dcc.Store(id="map-current", data=data.map_name),
             dcc.Store(id="focus-id"),
             dcc.Store(id="clicked-point"),
             dcc.Store(id="selected-points"),
