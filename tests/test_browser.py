@@ -164,6 +164,24 @@ def test_choosing_another_map_redraws_it_and_moves_the_marks(dash_duo, explorer_
     assert dash_duo.get_logs() == []
 
 
+def test_reloading_the_page_shows_a_map_made_while_serving(dash_duo, explorer_scope, tmp_path):
+    from latentscope.scope import Scope
+
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    dash_duo.start_server(create_app(scoped, device="cpu"))
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    assert not dash_duo.find_element("#map-name").is_displayed()
+    first = Scope(scoped).read_map("default")
+    Scope(scoped).write_map("mirrored", first.assign(x=-first["x"]), {"method": "mirror-for-tests"})
+    dash_duo.driver.refresh()
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    assert dash_duo.find_element("#map-name").is_displayed()
+    dash_duo.select_dcc_dropdown("#map-name", "mirrored")
+    dash_duo.wait_for_contains_text("#facts", "map “mirrored”", timeout=10)
+    assert dash_duo.get_logs() == []
+
+
 def wait_inspecting(dash_duo, image_id: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while f"recon/{image_id}.png" not in dash_duo.find_element("#inspect-panel").get_attribute("innerHTML"):

@@ -46,7 +46,7 @@ def triggered(component_id):
 
 
 def test_map_uses_binary_float32_arrays_and_one_trace_per_label(app):
-    figure = app.layout["map"].figure
+    figure = app.latentscope.layout()["map"].figure
     base = figure.data[: len(figure.data) - len(OVERLAYS)]
     assert [t.name for t in base] == ["cats", "dogs", "owls"]
     payload = figure.to_plotly_json()
@@ -139,7 +139,7 @@ def test_inspect_panel_explains_a_score_by_its_terms_largest_first(explorer_scop
     Scope(scoped).write_scores("default", terms, {"method": "diffusion", "terms": ["local", "density", "style"]})
     app = create_app(scoped, device="cpu")
     callbacks = app.latentscope.callbacks
-    assert "terms (z vs normal)" in str(app.layout["anomaly-table"].columns)
+    assert "terms (z vs normal)" in str(app.latentscope.layout()["anomaly-table"].columns)
     panel = str(callbacks.inspect_panel(image_id))
     assert "terms (z vs normal)" in panel and "style 7.2, local 1.0, density -0.5" in panel and "t0.00" not in panel
     rows = {row["id"]: row["terms"] for row in callbacks.table_rows("score:default")}
@@ -207,7 +207,7 @@ def test_heatmaps_of_the_default_score_are_served_and_shown(explorer_scope, tmp_
     shutil.copytree(explorer_scope, scoped)
     score(scoped, method="roundtrip", progress=False, top=0)  # replaces 'default' with a score that has heatmaps
     app = create_app(scoped, device="cpu")
-    assert app.latentscope.heatmaps is not None
+    assert app.latentscope.callbacks.heatmaps is not None
     served = app.server.test_client().get(f"/heatmap/{image_id}.png")
     assert served.status_code == 200 and Image.open(io.BytesIO(served.data)).format == "PNG"
     assert app.server.test_client().get("/heatmap/99999.png").status_code == 404
@@ -515,7 +515,7 @@ def _two_map_copy(explorer_scope, tmp_path):
 def test_each_page_shows_the_map_it_chose_with_the_marks_moved_there(explorer_scope, tmp_path):
     scoped, first = _two_map_copy(explorer_scope, tmp_path)
     app = create_app(scoped, device="cpu")
-    assert app.layout["map-name"].options == ["default", "mirrored"] and app.layout["map-current"].data == "default"
+    assert app.latentscope.layout()["map-name"].options == ["default", "mirrored"] and app.latentscope.layout()["map-current"].data == "default"
     cb = app.latentscope.callbacks
     image_id = int(first["id"].iloc[5])
     name, figure, n_base, facts, focus, waypoints, walk, view = cb.show_map("mirrored", "label", 5, 0.8, None, image_id,
@@ -537,5 +537,51 @@ def test_each_page_shows_the_map_it_chose_with_the_marks_moved_there(explorer_sc
     assert bool(cb.data.points.set_index("id").loc[image_id, "seen"])
 
 
-def test_a_single_map_has_no_map_choice(app):
-    assert "map-name" not in str(app.layout) and app.layout["map-current"].data == "default"
+def _control_holding(component, control_id):
+    """The control block (label + control) around the component with ``control_id``."""
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, list) else [children] if children is not None else []:
+        if getattr(child, "id", None) == control_id:
+            return component
+        found = _control_holding(child, control_id)
+        if found is not None:
+            return found
+    return None
+
+
+def test_a_single_map_hides_the_map_choice(app):
+    page = app.latentscope.layout()
+    assert page["map-name"].options == ["default"] and page["map-current"].data == "default"
+    assert _control_holding(page, "map-name").style["display"] == "none"
+    assert "display" not in _control_holding(page, "colour-by").style
+
+
+def test_a_reloaded_page_shows_what_another_process_wrote_since(explorer_scope, tmp_path):
+    import os
+
+    from latentscope.metadata import annotate
+    from latentscope.scope import Scope
+
+    scoped, first = _two_map_copy(explorer_scope, tmp_path)
+    os.remove(scoped / "maps" / "mirrored.parquet")  # start with one map and no heatmaps
+    meta = Scope(scoped).meta
+    meta["maps"].pop("mirrored")
+    (scoped / "scope.json").write_text(__import__("json").dumps(meta))
+    app = create_app(scoped, device="cpu")
+    cb = app.latentscope.callbacks
+    page = app.latentscope.layout()
+    assert page is app.latentscope.layout()  # unchanged scope: the same page, not rebuilt
+    assert page["map-name"].options == ["default"] and cb.heatmaps is None
+    # another process adds a map, metadata and a score with heatmaps while the explorer runs
+    Scope(scoped).write_map("mirrored", first.assign(x=-first["x"]), {"method": "mirror-for-tests"})
+    annotate(scoped, __import__("pandas").DataFrame({"id": first["id"], "note": "new"}))
+    from latentscope.anomaly import score
+
+    score(scoped, method="roundtrip", progress=False, top=0)
+    assert app.latentscope.data.changed()
+    page = app.latentscope.layout()
+    assert page["map-name"].options == ["default", "mirrored"] and "display" not in _control_holding(page, "map-name").style
+    assert "note" in app.latentscope.data.points and cb.heatmaps is not None
+    image_id = int(first["id"].iloc[3])
+    assert app.server.test_client().get(f"/heatmap/{image_id}.png").status_code == 200
+    assert cb.for_map("mirrored").marks([image_id])[0][0] == pytest.approx(-float(first.set_index("id").loc[image_id, "x"]))

@@ -102,9 +102,9 @@ def test_small_maps_keep_all_points_and_no_image(dense_scope):
 
 def test_the_app_redraws_a_dense_map_when_the_view_changes(dense_scope):
     app = create_app(dense_scope, device="cpu", density_threshold=100)
-    assert app.layout["map"].figure.layout.images  # the first page already shows the density image
+    assert app.latentscope.layout()["map"].figure.layout.images  # the first page already shows the density image
     cb = app.latentscope.callbacks
-    assert len(drawn_ids(app.layout["map"].figure)) == N  # all 600 are under the 100,000 drawn on zoom
+    assert len(drawn_ids(app.latentscope.layout()["map"].figure)) == N  # all 600 are under the 100,000 drawn on zoom
     cb.data.zoom_points = 250
     figure, n_base = cb.redraw_view([3.0, 8.0, 2.0, 8.0], "label", 5, 0.8, None)
     assert n_base == 3 and 450 in drawn_ids(figure) and figure.layout.images

@@ -59,13 +59,25 @@ def create_app(
     )
     app.index_string = _load_plotly_early(app.index_string, prefix + PLOTLY_JS)
     jobs = JobManager()
-    heatmaps = _heatmaps(data)
-    callbacks = Callbacks(data, jobs, heatmaps=heatmaps)
-    app.layout = build_layout(data)
+    callbacks = Callbacks(data, jobs, heatmaps=_heatmaps(data))
+    page = SimpleNamespace(layout=build_layout(data), lock=threading.Lock())
+
+    def layout():
+        """The page, built again when another process wrote to the scope since (a new score, map, metadata or
+        images), so reloading the browser shows what is on disk."""
+        with page.lock:
+            if data.changed():
+                log.info("%s changed on disk; reading it again", data.scope.path)
+                data.reload()
+                callbacks.reload(_heatmaps(data))
+                page.layout = build_layout(data)
+            return page.layout
+
+    app.layout = layout
     register(app, callbacks)
-    register_routes(app.server, data, jobs, prefix=prefix, extra_images=heatmaps)
+    register_routes(app.server, data, jobs, prefix=prefix, heatmaps=lambda: callbacks.heatmaps)
     install_security(app.server, token)
-    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks, heatmaps=heatmaps)
+    app.latentscope = SimpleNamespace(data=data, jobs=jobs, callbacks=callbacks, layout=layout)
     return app
 
 

@@ -73,6 +73,13 @@ class Callbacks:
                 maps[map_name] = Callbacks(self.data.for_map(map_name), self.jobs, self.heatmaps, self._family)
             return maps[map_name]
 
+    def reload(self, heatmaps) -> None:
+        """After the scope was read again: the other maps' callbacks are made afresh when next asked for."""
+        with self._family["lock"]:
+            self.heatmaps = heatmaps
+            self._family["maps"].clear()
+            self._family["maps"][self.data.map_name] = self
+
     def show_map(self, map_name, colour, size, opacity, threshold, focus_id, walk_ids):
         """Switch the page to another map: its points, the marks at their places there, no walk path."""
         other = self.for_map(map_name)
@@ -494,16 +501,15 @@ def register(app, callbacks: Callbacks) -> None:
 
         return call
 
-    if len(callbacks.data.map_names) > 1:
-        app.callback(
-            Output("map-current", "data"), Output("map", "figure", allow_duplicate=True),
-            Output("n-base", "data", allow_duplicate=True), Output("facts", "children"),
-            Output("focus-xy", "data", allow_duplicate=True), Output("waypoint-xy", "data", allow_duplicate=True),
-            Output("walk-result", "data", allow_duplicate=True), Output("view-range", "data", allow_duplicate=True),
-            Input("map-name", "value"), State("colour-by", "value"), State("point-size", "value"),
-            State("point-opacity", "value"), State("anomaly-threshold", "value"), State("focus-id", "data"),
-            State("walk-ids", "data"), prevent_initial_call=True,
-        )(cb.show_map)
+    app.callback(
+        Output("map-current", "data"), Output("map", "figure", allow_duplicate=True),
+        Output("n-base", "data", allow_duplicate=True), Output("facts", "children"),
+        Output("focus-xy", "data", allow_duplicate=True), Output("waypoint-xy", "data", allow_duplicate=True),
+        Output("walk-result", "data", allow_duplicate=True), Output("view-range", "data", allow_duplicate=True),
+        Input("map-name", "value"), State("colour-by", "value"), State("point-size", "value"),
+        State("point-opacity", "value"), State("anomaly-threshold", "value"), State("focus-id", "data"),
+        State("walk-ids", "data"), prevent_initial_call=True,
+    )(cb.show_map)
     app.clientside_callback(
         HOVER_JS,
         Output("hover-tip", "show"), Output("hover-tip", "bbox"), Output("hover-img", "src"), Input("map", "hoverData"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import os
 import threading
 from functools import cached_property
 from pathlib import Path
@@ -62,12 +63,42 @@ class ExplorerData:
         self.model_reference = model or self.scope.model.get("reference")
         self.device = device
         self._models = _SharedModels()
+        self._read_scope(map_name)
+
+    def _read_scope(self, map_name: str | None) -> None:
+        self.version = self._scope_version()
         self.map_names = self.scope.table_names("maps")
         self.score_names = self.scope.table_names("scores")
         self.map_name = map_name or (self.map_names[0] if self.map_names else None)
         if self.map_name is None:
             raise ScopeError(f"{self.scope.path}: has no map yet; run 'latentscope project {self.scope.path}' first")
         self._use_points(self._load_points(self.map_name))
+
+    def _scope_version(self) -> tuple:
+        """Changes whenever a stage writes to the scope (each records itself in scope.json; encode also rewrites
+        the manifest)."""
+        found = []
+        for name in ("scope.json", "images.parquet"):
+            try:
+                stat = os.stat(self.scope.path / name)
+                found.append((stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                found.append(None)
+        return tuple(found)
+
+    def changed(self) -> bool:
+        return self._scope_version() != self.version
+
+    def reload(self) -> None:
+        """Read the scope again after another process wrote to it (new scores, maps, metadata or images): the
+        same map if it still exists. Models stay loaded; the walker is rebuilt, as the latents may be new."""
+        self.scope.invalidate()
+        for cached in ("clusters", "flat_latents", "_squared_norms", "projection", "_score_terms"):
+            self.__dict__.pop(cached, None)
+        with self._models.walker_lock:
+            self._models.walker = None
+        names = self.scope.table_names("maps")
+        self._read_scope(self.map_name if self.map_name in names else None)
 
     # ------------------------------------------------------------------ points and columns
 

@@ -41,9 +41,11 @@ def header(data: ExplorerData) -> html.Div:
         _control("Opacity", dcc.Slider(id="point-opacity", min=0.1, max=1.0, step=0.05, value=0.8, marks=None,
                                        tooltip={"placement": "bottom"}), "160px"),
     ]
-    if len(data.map_names) > 1:
-        controls.insert(0, _control("Map", dcc.Dropdown(id="map-name", options=data.map_names, value=data.map_name,
-                                                         clearable=False), "160px"))
+    chooser = _control("Map", dcc.Dropdown(id="map-name", options=data.map_names, value=data.map_name, clearable=False),
+                       "160px")
+    if len(data.map_names) < 2:
+        chooser.style = {**chooser.style, "display": "none"}  # kept in the page: a map made later shows it
+    controls.insert(0, chooser)
     return html.Header(
         [
             html.Div([html.Span("latentscope", className="brand"), html.Span(data.scope.path.name, className="scope-name"),

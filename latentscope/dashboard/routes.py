@@ -60,8 +60,9 @@ def hover_text(data: ExplorerData, image_id: int, colour: str | None = None) -> 
     return " · ".join(parts)
 
 
-def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = "/", extra_images=None) -> None:
-    """Add the routes under ``prefix`` (the Dash app's routes_pathname_prefix)."""
+def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = "/", heatmaps=lambda: None) -> None:
+    """Add the routes under ``prefix`` (the Dash app's routes_pathname_prefix). ``heatmaps()`` gives the current
+    ``image id -> PNG bytes`` of the anomaly heatmaps, or None."""
     prefix = prefix if prefix.endswith("/") else prefix + "/"
 
     def thumb(image_id: int):
@@ -76,9 +77,10 @@ def register_routes(server, data: ExplorerData, jobs: JobManager, prefix: str = 
         return _image(data.reconstruction_png(image_id), "image/png")
 
     def heatmap(image_id: int):
-        if not data.knows(image_id) or extra_images is None:
+        render = heatmaps()
+        if not data.knows(image_id) or render is None:
             abort(404)
-        return _image(extra_images(image_id), "image/png")
+        return _image(render(image_id), "image/png")
 
     def info(image_id: int):
         if not data.knows(image_id):
