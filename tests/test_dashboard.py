@@ -585,3 +585,8 @@ def test_a_reloaded_page_shows_what_another_process_wrote_since(explorer_scope, 
     image_id = int(first["id"].iloc[3])
     assert app.server.test_client().get(f"/heatmap/{image_id}.png").status_code == 200
     assert cb.for_map("mirrored").marks([image_id])[0][0] == pytest.approx(-float(first.set_index("id").loc[image_id, "x"]))
+    # a scope left without maps keeps showing what was read before
+    for name in ("default", "mirrored"):
+        os.remove(scoped / "maps" / f"{name}.parquet")
+    Scope(scoped).update_meta(maps={})
+    assert app.latentscope.layout() is page

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..errors import LatentscopeError
 from ..scope import Scope
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ def create_app(
         with page.lock:
             if data.changed():
                 log.info("%s changed on disk; reading it again", data.scope.path)
-                data.reload()
+                try:
+                    data.reload()
+                except LatentscopeError as exc:  # e.g. its last map was removed: keep showing what was read before
+                    log.warning("%s: %s; showing the scope as it was", data.scope.path, exc)
+                    return page.layout
                 callbacks.reload(_heatmaps(data))
                 page.layout = build_layout(data)
             return page.layout
