@@ -127,6 +127,24 @@ def test_click_inspects_a_point(explorer):
     assert dash_duo.get_logs() == []
 
 
+def test_reviewing_tags_the_inspected_image(dash_duo, explorer_scope, tmp_path):
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    app = create_app(scoped, device="cpu")
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    time.sleep(0.5)
+    image_id = int(app.latentscope.data.points["id"].iloc[7])
+    move_to(dash_duo, *point_position(dash_duo, image_id), click=True)
+    wait_inspecting(dash_duo, image_id)
+    dash_duo.find_element("#inspect-tag-name").send_keys("defect")
+    dash_duo.find_element("#inspect-tag-add").click()
+    dash_duo.wait_for_contains_text("#inspect-tag-summary", f"tagged image {image_id} · 1 carry 'defect'", timeout=10)
+    dash_duo.wait_for_contains_text("#inspect-panel .facts-table", "defect", timeout=10)
+    assert bool(app.latentscope.data.points.set_index("id").loc[image_id, "defect"])
+    assert dash_duo.get_logs() == []
+
+
 def test_choosing_another_map_redraws_it_and_moves_the_marks(dash_duo, explorer_scope, tmp_path):
     from latentscope.scope import Scope
 

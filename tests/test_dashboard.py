@@ -480,6 +480,24 @@ def test_tagging_a_selection_stores_it_and_offers_it_as_a_colouring(explorer_sco
         callbacks.download_selection(1, [])
 
 
+def test_the_inspected_image_is_tagged_while_reviewing(explorer_scope, tmp_path):
+    from latentscope.scope import Scope
+
+    scoped = _annotated_copy(explorer_scope, tmp_path)
+    callbacks = create_app(scoped, device="cpu").latentscope.callbacks
+    image_id = int(callbacks.data.points["id"].iloc[4])
+    triggered("inspect-tag-add")
+    summary, options, colour, panel = callbacks.tag_inspected(1, 0, "defect", image_id, "defect")
+    assert summary == f"tagged image {image_id} · 1 carry 'defect' · saved in the scope" and colour == "defect"
+    assert "defect" in [o["value"] for o in options] and "defect" in str(panel) and "True" in str(panel)
+    assert Scope(scoped).metadata().set_index("id")["defect"].sum() == 1
+    triggered("inspect-tag-remove")
+    assert callbacks.tag_inspected(1, 1, "defect", image_id, "label")[0].startswith(f"untagged image {image_id} · 0 carry")
+    assert callbacks.tag_inspected(1, 2, "defect", None, "label")[0] == "Click a point on the map first."
+    error = callbacks.tag_inspected(1, 3, "", image_id, "label")
+    assert "give a name" in str(error[0]) and error[3] is no_update
+
+
 def test_finding_images_by_text_selects_and_rings_them(explorer_scope, tmp_path):
     callbacks = create_app(_annotated_copy(explorer_scope, tmp_path), device="cpu").latentscope.callbacks
     points = callbacks.data.points

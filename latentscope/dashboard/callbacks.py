@@ -246,7 +246,18 @@ class Callbacks:
             raise PreventUpdate
         if not ids:
             return "Select images on the map first.", no_update, no_update
-        adding = ctx.triggered_id == "tag-add"
+        return self._tag(name, ids, ctx.triggered_id == "tag-add", colour)
+
+    def tag_inspected(self, add_clicks, remove_clicks, name, image_id, colour):
+        """Tag or untag the inspected image (reviewing anomalies one by one); its facts show the tag at once."""
+        if ctx.triggered_id not in ("inspect-tag-add", "inspect-tag-remove") or not (add_clicks or remove_clicks):
+            raise PreventUpdate
+        if image_id is None or not self.data.knows(image_id):
+            return "Click a point on the map first.", no_update, no_update, no_update
+        summary, options, colour = self._tag(name, [int(image_id)], ctx.triggered_id == "inspect-tag-add", colour)
+        return summary, options, colour, (self.inspect_panel(image_id) if options is not no_update else no_update)
+
+    def _tag(self, name, ids, adding: bool, colour):
         try:
             tagged = self.data.tag(name, ids, value=adding)
         except LatentscopeError as exc:
@@ -256,7 +267,8 @@ class Callbacks:
                 if other is not self:
                     other.data.reload_points()  # the other maps' points carry the tag too
         name = str(name).strip()
-        done = f"{'tagged' if adding else 'untagged'} {len(ids):,} images · {tagged:,} carry {name!r} · saved in the scope"
+        what = f"{len(ids):,} images" if len(ids) > 1 else f"image {ids[0]}"
+        done = f"{'tagged' if adding else 'untagged'} {what} · {tagged:,} carry {name!r} · saved in the scope"
         return done, self.data.colour_options(), (colour if colour == name else no_update)
 
     def find(self, text, threshold, n_base):
@@ -582,6 +594,13 @@ def register(app, callbacks: Callbacks) -> None:
         State("tag-name", "value"), State("selection-ids", "data"), State("colour-by", "value"),
         MAP, prevent_initial_call=True,
     )(on_map(cb.tag_selection))
+    app.callback(
+        Output("inspect-tag-summary", "children"), Output("colour-by", "options", allow_duplicate=True),
+        Output("colour-by", "value", allow_duplicate=True), Output("inspect-panel", "children", allow_duplicate=True),
+        Input("inspect-tag-add", "n_clicks"), Input("inspect-tag-remove", "n_clicks"),
+        State("inspect-tag-name", "value"), State("focus-id", "data"), State("colour-by", "value"),
+        MAP, prevent_initial_call=True,
+    )(on_map(cb.tag_inspected))
     app.callback(Output("selection-ids", "data", allow_duplicate=True), Output("find-summary", "children"),
                  Output("map", "figure", allow_duplicate=True), Input("find-text", "value"),
                  State("anomaly-threshold", "value"), State("n-base", "data"), MAP, prevent_initial_call=True)(on_map(cb.find))

@@ -61,10 +61,26 @@ def _default_size(n: int) -> int:
 
 
 def inspect_tab() -> dcc.Tab:
+    review = html.Div(
+        [
+            html.Div(
+                [
+                    dcc.Input(id="inspect-tag-name", type="text", placeholder="tag, e.g. defect", maxLength=64,
+                              className="tag-input"),
+                    html.Button("Tag", id="inspect-tag-add", className="button", n_clicks=0,
+                                title="mark the inspected image with this tag (stored in the scope's metadata)"),
+                    html.Button("Untag", id="inspect-tag-remove", className="button", n_clicks=0),
+                ],
+                className="row buttons",
+            ),
+            html.Div(id="inspect-tag-summary", className="hint"),
+        ],
+        className="panel-body review",
+    )
     return _tab(
         label="Inspect", value="inspect",
-        children=html.Div(id="inspect-panel", className="panel-body",
-                          children=html.P("Click a point on the map to inspect it.", className="hint")),
+        children=[html.Div(id="inspect-panel", className="panel-body",
+                           children=html.P("Click a point on the map to inspect it.", className="hint")), review],
     )
 
 
