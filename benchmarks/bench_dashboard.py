@@ -403,8 +403,9 @@ def main() -> None:
         f"Dash's scripts run, and runs while the layout is fetched) from 2.88 to 2.63 s (medians of 6); and drawing "
         f"the points at the screen's pixel ratio rather than plotly's default of twice it took plotting 100,000 points "
         f"from 0.8 to 0.4 s and their raster from 1.2 to 0.6 s (one browser, 4 rounds). This shared machine's speed "
-        f"varies through the day, and the first visit with it: within two hours of the run above, the same code's "
-        f"first visits had medians of 2.68 s (12 fresh browsers, 10 of them under 3 s), 3.31 s (8) and 3.18 s (5).",
+        f"varies through the day, and the first visit with it: on one earlier day, within two hours, an earlier "
+        f"version of the explorer measured first-visit medians of 2.68 s (12 fresh browsers, 10 of them under 3 s), "
+        f"3.31 s (8) and 3.18 s (5).",
     ])
     print(markdown)
     if not args.quick:
