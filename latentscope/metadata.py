@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, ScopeError
 from .scope import MANIFEST_COLUMNS, METADATA_NAME, Scope
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,8 @@ def _storable(series: pd.Series) -> pd.Series:
     return series.map(_as_text)
 
 
-def _user_columns(frame: pd.DataFrame, key: str, label: str | None, columns: list[str] | None,
-                  table: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+def _user_columns(frame: pd.DataFrame, key: str, label: str | None,
+                  columns: list[str] | None) -> tuple[pd.DataFrame, dict[str, str]]:
     """The table's columns to store, the label column renamed to ``label`` and names the scope uses renamed."""
     keep = list(columns) if columns else [c for c in frame.columns if c != key and not INDEX_COLUMN.match(c)]
     if label and label not in keep:
@@ -306,7 +306,7 @@ def annotate(scope: Scope | str | os.PathLike, table: str | os.PathLike | pd.Dat
     ok = scope.ok_manifest()
     column, how, found = find_key(raw, ok, key, match, _images_root(scope), source)
     _check_repeats(found, ok, source)
-    chosen, renamed = _user_columns(frame, column, label, columns, source)
+    chosen, renamed = _user_columns(frame, column, label, columns)
     matched = found >= 0
     new = chosen[matched].assign(id=found[matched]).set_index("id")
     stored = _merge(scope.metadata().set_index("id"), new, replace)
@@ -322,7 +322,7 @@ def annotate(scope: Scope | str | os.PathLike, table: str | os.PathLike | pd.Dat
 def _images_root(scope: Scope) -> Path | None:
     try:
         return scope.images_root
-    except Exception:  # a scope without an image folder still matches relative paths, names and ids
+    except ScopeError:  # a scope without an image folder still matches relative paths, names and ids
         return None
 
 
