@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .codec import Codec
-from .errors import InputError, ScopeError
+from .errors import InputError, LatentscopeError, ScopeError
 from .fileio import TMP_SUFFIX, atomic_path, load_npy, read_json, write_json, write_npy, write_parquet
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -63,6 +63,7 @@ class EncodeSummary:
     resumed: int = 0
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    metadata: list[str] = field(default_factory=list)  # what attaching the folder's metadata file did
 
     @property
     def images_per_second(self) -> float:
@@ -79,7 +80,7 @@ class EncodeSummary:
         for reason, count in self.reasons.most_common(10):
             out.append(f"  skipped {count} x {reason}")
         out.append(f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s")
-        return out
+        return out + self.metadata
 
 
 def parse_background(value) -> tuple[int, int, int]:
@@ -278,6 +279,7 @@ def encode(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    metadata: bool = True,
 ) -> EncodeSummary:
     """Encode images into the scope folder ``out`` (created, appended to, or resumed).
 
@@ -288,8 +290,11 @@ def encode(
     1024 pixels a side). ``engine="ray"`` reads images in Ray tasks and runs the
     model in a pool of ``ray_actors`` Ray actors (one per GPU when the cluster has
     GPUs) on the cluster at ``ray_address`` (default: the running one, or a local
-    one); the scope it writes is the same as the local engine's. Returns an
-    :class:`EncodeSummary`.
+    one); the scope it writes is the same as the local engine's. A folder with a
+    ``metadata.csv`` / ``.jsonl`` / ``.parquet`` at its top (the Hugging Face
+    image-folder layout: a ``file_name`` column and any others) gets that table
+    attached as the scope's metadata (see :mod:`latentscope.metadata`) unless
+    ``metadata`` is False. Returns an :class:`EncodeSummary`.
     """
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -384,8 +389,25 @@ def encode(
         counts={"found": summary.found, "encoded": summary.encoded, "reused": summary.reused, "failed": summary.failed},
         seconds=round(summary.seconds, 3), batch_size=batch_size, device=device_used, engine=engine,
     )
+    if metadata and isinstance(images, (str, os.PathLike)) and Path(images).expanduser().is_dir():
+        summary.metadata = _attach_folder_metadata(scope, root)
     log.info("encode finished: %s", "; ".join(summary.lines()))
     return summary
+
+
+def _attach_folder_metadata(scope: Scope, root: Path) -> list[str]:
+    """Attach the image folder's own metadata file, if it has one; a table that does not fit is reported, and
+    the encoded images are kept either way."""
+    from .metadata import FOLDER_METADATA, annotate
+
+    found = [root / name for name in FOLDER_METADATA if (root / name).is_file()]
+    if not found:
+        return []
+    try:
+        return annotate(scope, found[0]).lines()
+    except LatentscopeError as exc:
+        log.warning("%s", exc)
+        return [f"metadata not attached: {exc}"]
 
 
 def _pending_groups(tasks: list[ReadTask], todo: list[ReadTask], batch_size: int) -> list[list[ReadTask]]:

@@ -31,6 +31,8 @@ from .scope import MANIFEST_COLUMNS, METADATA_NAME, Scope
 log = logging.getLogger(__name__)
 
 MATCHES = ("auto", "path", "name", "stem", "id")
+# The table an image folder may carry at its top (Hugging Face's image-folder layout), attached by encode.
+FOLDER_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 KEY_NAMES = ("path", "filepath", "file_path", "image_path", "relpath", "file", "filename", "file_name", "image",
              "image_name", "name", "id", "image_id")
 ID_NAMES = ("id", "image_id")

@@ -209,3 +209,22 @@ def test_metadata_entry_in_scope_json_is_plain_json(scope_path):
     annotate(scope_path, pd.DataFrame({"id": [0], "when": pd.to_datetime(["2026-01-02"])}))
     json.loads((scope_path / "scope.json").read_text())
     assert Scope(scope_path).metadata()["when"].iloc[0] == pd.Timestamp("2026-01-02")
+
+
+def test_encode_attaches_a_folder_metadata_file_in_the_hugging_face_layout(tmp_path, kl_folder):
+    from conftest import make_image_folder
+    from latentscope.ingest import encode
+
+    images = make_image_folder(tmp_path / "images", 6)
+    files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    pd.DataFrame({"file_name": files, "caption": [f"picture {i}" for i in range(6)]}).to_csv(images / "metadata.csv", index=False)
+    summary = encode(images, kl_folder, tmp_path / "scope", progress=False, device="cpu", thumbnails=False)
+    assert summary.encoded == 6 and "metadata.csv: matched 6 of 6 rows to images by column 'file_name' (path)" in summary.lines()[-1]
+    stored = Scope(tmp_path / "scope").metadata().merge(Scope(tmp_path / "scope").ok_manifest(), on="id")
+    assert dict(zip(stored["path"], stored["caption"])) == {f: f"picture {i}" for i, f in enumerate(files)}
+    assert not encode(images, kl_folder, tmp_path / "other", progress=False, device="cpu", thumbnails=False,
+                      metadata=False).metadata
+    # a table that fits no image is reported, and the images are encoded all the same
+    (images / "metadata.csv").write_text("file_name,caption\nzebra.png,x\n")
+    summary = encode(images, kl_folder, tmp_path / "third", progress=False, device="cpu", thumbnails=False)
+    assert summary.encoded == 6 and summary.lines()[-1].startswith("metadata not attached: ") and "no row matches" in summary.lines()[-1]

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tiling", action=argparse.BooleanOptionalAction, default=None,
                         help="encode tile by tile to bound memory on large images (default: on above 1024 px)")
     parser.add_argument("--no-thumbnails", action="store_true", help="skip writing dashboard previews")
+    parser.add_argument("--no-metadata", action="store_true",
+                        help="do not attach the folder's metadata.csv / .jsonl / .parquet (Hugging Face image-folder layout)")
     add_device_options(parser)
     add_engine_options(parser)
     parser.set_defaults(func=run)
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         thumbnails=not args.no_thumbnails,
+        metadata=not args.no_metadata,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         file_timeout=args.file_timeout,
         tiling=args.tiling,
