@@ -22,6 +22,7 @@ from PIL import Image
 
 import latentscope
 from latentscope.datasets import write_digits
+from latentscope.info import describe, info_lines
 from latentscope.metadata import annotate, set_tag
 from latentscope.projection import project
 from latentscope.scope import Scope
@@ -77,6 +78,9 @@ def main() -> None:
                   direction={"from": "loop=no", "to": "loop=yes", "strength": (0, 1.5)})
     frames.save(work / "loop-direction.png", layout="strip", size=64)
     print(f"direction walk loop=no -> loop=yes from image {start}: {len(frames)} frames in loop-direction.png")
+
+    # 5. what the scope holds now (the same as 'latentscope info')
+    print("\n".join(info_lines(describe(scope_dir))))
 
 
 if __name__ == "__main__":

@@ -208,6 +208,9 @@ CASES = [
     ("serve: same-shaped other model", "serve {w}/scope --model {w}/model-a-other", "another model"),
     ("serve: weak token", "serve {w}/scope --host 0.0.0.0 --token abc", "at least 16"),
     ("serve: model missing", "serve {w}/scope --model {w}/no-model", "no-model"),
+    # info
+    ("info: scope missing", "info {w}/missing", "not a scope"),
+    ("info: scope is a file", "info {w}/notes.txt", "not a scope"),
     # doctor
     ("doctor: scope missing", "doctor {w}/missing", "not a scope"),
     ("doctor: scope is a file", "doctor {w}/notes.txt", "not a scope"),

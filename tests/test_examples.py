@@ -64,3 +64,4 @@ def test_annotate_metadata_example(tmp_path, kl_folder):
     assert "labels now: {'even': " in out and "kNN label agreement (k=10, 2 labels)" in out
     assert "tagged 15 images 'heavy'" in out and "metadata columns: label, loop, ink, heavy" in out
     assert "direction walk loop=no -> loop=yes" in out and (tmp_path / "loop-direction.png").is_file()
+    assert "metadata (4 columns):" in out and "  heavy: tag, 15 of 150 images marked" in out

@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import LatentscopeError
 
-SUBCOMMANDS = ("demo", "train", "encode", "annotate", "project", "score", "eval-anomaly", "walk", "serve", "doctor")
+SUBCOMMANDS = ("demo", "train", "encode", "annotate", "project", "score", "eval-anomaly", "walk", "serve", "info", "doctor")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
