@@ -113,7 +113,8 @@ def info_lines(facts: dict) -> list[str]:
         extra = ", ".join(f"{k} {_short(v)}" for k, v in s.items() if k in ("levels", "steps", "draws", "terms"))
         lines.append(f"  {name}: {s['method']} on {s['images'] or 0:,} images" + (f" ({extra})" if extra else "")
                      + f"; {s['time']}")
-    lines.append(f"metadata ({len(facts['metadata'])} columns):" if facts["metadata"] else
+    count = len(facts["metadata"])
+    lines.append(f"metadata ({count} column{'s' if count > 1 else ''}):" if facts["metadata"] else
                  "metadata: none (latentscope annotate, or tags made in the explorer)")
     for name, c in facts["metadata"].items():
         lines.append(f"  {name}: {_column_line(c)}")
