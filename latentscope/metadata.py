@@ -360,8 +360,8 @@ def matches_value(values: pd.Series, wanted: str) -> np.ndarray:
 
 def check_tag_name(name) -> str:
     text = str(name or "").strip()
-    if not text or len(text) > 64:
-        raise InputError(f"tag {text!r}: give a name of 1 to 64 characters")
+    if not text or len(text) > 64 or not text.isprintable():
+        raise InputError(f"tag {text!r}: give a name of 1 to 64 printable characters")
     if text in TAKEN_NAMES or text in ("id", "label") or text.startswith("score:"):
         raise InputError(f"tag {text!r}: the scope uses that name for its own column; pick another")
     return text

@@ -154,7 +154,7 @@ def test_tags_mark_and_unmark_images(scope_path):
     annotate(scope_path, pd.DataFrame({"path": ["top.png"], "note": ["n"]}))
     with pytest.raises(InputError, match="not a tag"):
         set_tag(scope_path, "note", ids[:1])
-    for bad in ("", "x", "label", "score:default", "a" * 65):
+    for bad in ("", "x", "label", "score:default", "a" * 65, "two\nlines", "bell\a"):
         with pytest.raises(InputError, match="tag"):
             set_tag(scope_path, bad, ids[:1])
     with pytest.raises(InputError, match="none of the given ids"):
