@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .errors import ScopeError
+from .errors import ScopeError, StorageError
 from .fileio import TMP_SUFFIX, load_npy, read_json, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,12 @@ class Scope:
             finally:
                 self._lock_depth -= 1
             return
-        with open(self.path / ".lock", "a+") as handle:
+        try:
+            handle = open(self.path / ".lock", "a+")
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot write to this scope ({exc.strerror or exc}); "
+                               "nothing was changed") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._lock_depth = 1
             try:

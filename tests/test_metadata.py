@@ -228,3 +228,31 @@ def test_encode_attaches_a_folder_metadata_file_in_the_hugging_face_layout(tmp_p
     (images / "metadata.csv").write_text("file_name,caption\nzebra.png,x\n")
     summary = encode(images, kl_folder, tmp_path / "third", progress=False, device="cpu", thumbnails=False)
     assert summary.encoded == 6 and summary.lines()[-1].startswith("metadata not attached: ") and "no row matches" in summary.lines()[-1]
+
+
+def test_an_unwritable_scope_gives_one_line_and_keeps_what_it_has(scope_path, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from latentscope.errors import StorageError
+    from latentscope.fileio import write_bytes
+
+    annotate(scope_path, pd.DataFrame({"id": [0], "note": ["kept"]}))
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr("latentscope.scope.open", refuse, raising=False)
+    with pytest.raises(StorageError, match="cannot write to this scope \\(Permission denied\\); nothing was changed"):
+        set_tag(scope_path, "flag", [1])
+    assert main(["annotate", str(scope_path), str(tmp_path / "t.csv")]) == 2  # missing table: reported first
+    (tmp_path / "t.csv").write_text("id,note\n1,new\n")
+    assert main(["annotate", str(scope_path), str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "cannot write to this scope" in err[-1]
+    monkeypatch.undo()
+    assert Scope(scope_path).metadata()["note"].tolist() == ["kept"]
+    monkeypatch.setattr("tempfile.mkstemp", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(StorageError, match="could not write \\(Permission denied\\)"):
+        write_bytes(tmp_path / "x.bin", b"1")
