@@ -510,6 +510,10 @@ def test_finding_images_by_text_selects_and_rings_them(explorer_scope, tmp_path)
     assert callbacks.find("size=LARGE", None, 3)[0] == points.loc[points["size"] == "large", "id"].tolist()
     assert callbacks.find("weight=0", None, 3)[0] == [int(points.loc[points["weight"] == 0, "id"].iloc[0])]
     assert callbacks.find("zebra", None, 3)[:2] == ([], "nothing matches 'zebra'")
+    assert callbacks.find("weight >= 0.5", None, 3)[0] == points.loc[points["weight"] >= 0.5, "id"].tolist()
+    assert callbacks.find("score:default<1.9", None, 3)[0] == points.loc[points["score:default"] < 1.9, "id"].tolist()
+    assert callbacks.find("size!=small", None, 3)[0] == points.loc[points["size"] != "small", "id"].tolist()
+    assert callbacks.find("weight>heavy", None, 3)[:2] == ([], "nothing matches 'weight>heavy'")
     ids, summary, patch = callbacks.find("", float(points["score:default"].max()), 3)  # clearing rings the threshold's again
     assert ids == [] and summary == "" and len(patch.to_plotly_json()["operations"][-1]["params"]["value"]) == 1
     selection, _ = callbacks.selection(callbacks.find("cats/", None, 3)[0])

@@ -11,6 +11,7 @@ import copy
 import io
 import logging
 import os
+import re
 import threading
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +37,9 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
+
+
+COMPARISON = re.compile(r"^(?P<column>[^<>=!]+?)\s*(?P<op>>=|<=|!=|>|<|=)\s*(?P<value>.*)$")
 
 
 class _SharedModels:
@@ -227,12 +231,13 @@ class ExplorerData:
         return tagged
 
     def find(self, text: str) -> np.ndarray:
-        """Ids of the images whose file name, label or metadata contains ``text`` (any case), or, for
-        ``COLUMN=VALUE`` with a column the points have, whose value is VALUE (numbers compare as numbers)."""
+        """Ids of the images whose file name, label or metadata contains ``text`` (any case); or, written
+        ``COLUMN=VALUE`` (also ``!=``, ``<``, ``<=``, ``>``, ``>=`` for numbers) with a column the points have,
+        whose value compares so (``score:default>2``, ``ink<=0.1``, ``reviewed=true``)."""
         text = (text or "").strip()
-        column, equals, value = text.partition("=")
-        if equals and column.strip() in self.points.columns and column.strip() not in ("x", "y", "z"):
-            hits = matches_value(self.points[column.strip()], value.strip())
+        condition = COMPARISON.match(text)
+        if condition and condition["column"].strip() in self.points.columns and condition["column"].strip() not in ("x", "y", "z"):
+            hits = self._compare(condition["column"].strip(), condition["op"], condition["value"].strip())
         else:
             needle = text.lower()
             if not needle:
@@ -242,6 +247,19 @@ class ExplorerData:
             for name in searched:
                 hits |= self.points[name].astype(str).str.lower().str.contains(needle, regex=False).fillna(False).to_numpy(bool)
         return self.points["id"].to_numpy(np.int64)[hits]
+
+    def _compare(self, column: str, op: str, value: str) -> np.ndarray:
+        values = self.points[column]
+        if op in ("=", "!="):
+            equal = matches_value(values, value)
+            return equal if op == "=" else ~equal
+        try:
+            number = float(value)
+        except ValueError:
+            return np.zeros(len(values), bool)
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+        with np.errstate(invalid="ignore"):
+            return {"<": numbers < number, "<=": numbers <= number, ">": numbers > number, ">=": numbers >= number}[op]
 
     def table_for(self, ids) -> pd.DataFrame:
         """The images' rows as a user would export them: id, file, label, map position, scores, metadata."""

@@ -135,7 +135,7 @@ def selection_tab() -> dcc.Tab:
             [
                 html.P("Use box or lasso select on the map, or find images by text.", className="hint"),
                 dcc.Input(id="find-text", type="search", debounce=True, className="find-input",
-                          placeholder="find: file name, label or metadata text, or column=value"),
+                          placeholder="find: file name, label or metadata text; or column=value, column>number"),
                 html.Div(id="find-summary", className="hint"),
                 html.Div(id="selection-count", className="count"),
                 html.Div(
