@@ -134,7 +134,7 @@ def test_reviewing_tags_the_inspected_image(dash_duo, explorer_scope, tmp_path):
     dash_duo.start_server(app)
     dash_duo.wait_for_element("#map .main-svg", timeout=20)
     time.sleep(0.5)
-    image_id = int(app.latentscope.data.points["id"].iloc[7])
+    image_id = int(app.latentscope.data.points.nlargest(1, "score:default")["id"].iloc[0])  # first in the table
     move_to(dash_duo, *point_position(dash_duo, image_id), click=True)
     wait_inspecting(dash_duo, image_id)
     dash_duo.find_element("#inspect-tag-name").send_keys("defect")
@@ -142,6 +142,10 @@ def test_reviewing_tags_the_inspected_image(dash_duo, explorer_scope, tmp_path):
     dash_duo.wait_for_contains_text("#inspect-tag-summary", f"tagged image {image_id} · 1 carry 'defect'", timeout=10)
     dash_duo.wait_for_contains_text("#inspect-panel .facts-table", "defect", timeout=10)
     assert bool(app.latentscope.data.points.set_index("id").loc[image_id, "defect"])
+    next(t for t in dash_duo.driver.find_elements("css selector", "#panel-tabs .tab") if t.text == "Anomalies").click()
+    dash_duo.wait_for_contains_text("#anomaly-table", "defect", timeout=10)  # the table has the tag's column
+    cells = dash_duo.driver.find_elements("css selector", "#anomaly-table td[data-dash-column='tag:defect']")
+    assert [c.text for c in cells][:2] == ["yes", "no"] and [c.text for c in cells].count("yes") == 1
     assert dash_duo.get_logs() == []
 
 

@@ -491,6 +491,10 @@ def test_the_inspected_image_is_tagged_while_reviewing(explorer_scope, tmp_path)
     assert summary == f"tagged image {image_id} · 1 carry 'defect' · saved in the scope" and colour == "defect"
     assert "defect" in [o["value"] for o in options] and "defect" in str(panel) and "True" in str(panel)
     assert Scope(scoped).metadata().set_index("id")["defect"].sum() == 1
+    columns, rows = callbacks.anomaly_table(summary, None)  # the anomaly table gains the tag, yes / no per image
+    assert {"name": "defect", "id": "tag:defect"} in columns
+    assert {row["id"]: row["tag:defect"] for row in rows}[image_id] == "yes"
+    assert sorted({row["tag:defect"] for row in rows}) == ["no", "yes"]
     triggered("inspect-tag-remove")
     assert callbacks.tag_inspected(1, 1, "defect", image_id, "label")[0].startswith(f"untagged image {image_id} · 0 carry")
     assert callbacks.tag_inspected(1, 2, "defect", None, "label")[0] == "Click a point on the map first."

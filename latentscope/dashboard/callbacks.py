@@ -21,7 +21,7 @@ from . import actions
 from .data import ExplorerData
 from .figures import OVERLAYS, map_figure, overlay_index
 from .jobs import JobManager
-from .layout import anomaly_rows, facts_text
+from .layout import anomaly_columns, anomaly_rows, facts_text
 
 MAX_WAYPOINTS = 8
 QUICK_SECONDS = 1.0  # a walk done within this is shown at once; a longer one shows progress, polled
@@ -270,6 +270,11 @@ class Callbacks:
         what = f"{len(ids):,} images" if len(ids) > 1 else f"image {ids[0]}"
         done = f"{'tagged' if adding else 'untagged'} {what} · {tagged:,} carry {name!r} · saved in the scope"
         return done, self.data.colour_options(), (colour if colour == name else no_update)
+
+    def anomaly_table(self, *_):
+        """The anomaly table's columns and rows again (after a tag changed)."""
+        score = self.data.default_score_column
+        return anomaly_columns(self.data, score), (anomaly_rows(self.data, score) if score else [])
 
     def find(self, text, threshold, n_base):
         """Images matching the text become the selection and are ringed on the map (an empty text clears both,
@@ -601,6 +606,9 @@ def register(app, callbacks: Callbacks) -> None:
         State("inspect-tag-name", "value"), State("focus-id", "data"), State("colour-by", "value"),
         MAP, prevent_initial_call=True,
     )(on_map(cb.tag_inspected))
+    app.callback(Output("anomaly-table", "columns"), Output("anomaly-table", "data"),
+                 Input("tag-summary", "children"), Input("inspect-tag-summary", "children"), MAP,
+                 prevent_initial_call=True)(on_map(cb.anomaly_table))
     app.callback(Output("selection-ids", "data", allow_duplicate=True), Output("find-summary", "children"),
                  Output("map", "figure", allow_duplicate=True), Input("find-text", "value"),
                  State("anomaly-threshold", "value"), State("n-base", "data"), MAP, prevent_initial_call=True)(on_map(cb.find))

@@ -186,6 +186,13 @@ class ExplorerData:
         """Columns of the attached metadata shown with each image (the label is shown as the label)."""
         return [c for c in self.scope.metadata().columns if c not in ("id", "label") and c in self.points]
 
+    @property
+    def tag_columns(self) -> list[str]:
+        """Metadata columns that are tags (true / false), such as those made in the explorer."""
+        from ..metadata import is_tag
+
+        return [c for c in self.metadata_columns if is_tag(self.points[c].dropna())]
+
     def is_text(self, name: str) -> bool:
         """Free text such as captions or notes: shown with each image, too varied to colour by."""
         values = self.points[name].dropna()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from dash import dash_table, dcc, html
 
 from .data import ExplorerData
@@ -197,12 +199,10 @@ def anomalies_tab(data: ExplorerData) -> dcc.Tab:
                 html.Div(id="anomaly-count", className="hint"),
                 dash_table.DataTable(
                     id="anomaly-table",
-                    columns=[{"name": "id", "id": "id"}, {"name": "score", "id": "score", "type": "numeric",
-                                                         "format": {"specifier": ".3f"}},
-                             {"name": "label", "id": "label"}, {"name": "file", "id": "path"}]
-                    + ([{"name": "terms (z vs normal)", "id": "terms"}] if score and data.has_score_terms(score) else []),
+                    columns=anomaly_columns(data, score),
                     data=anomaly_rows(data, score) if score else [],
                     sort_action="native",
+                    filter_action="native",  # e.g. 'no' under a tag: the images not reviewed yet
                     page_size=12,
                     style_as_list_view=True,
                     style_table={"overflowX": "auto"},
@@ -219,11 +219,23 @@ def anomalies_tab(data: ExplorerData) -> dcc.Tab:
     return _tab(label="Anomalies", value="anomalies", children=html.Div(body, className="panel-body"))
 
 
+def anomaly_columns(data: ExplorerData, score: str | None) -> list[dict]:
+    """The table's columns: id, score, label, file, the score's terms, and one per tag (yes / no)."""
+    columns = [{"name": "id", "id": "id"}, {"name": "score", "id": "score", "type": "numeric", "format": {"specifier": ".3f"}},
+               {"name": "label", "id": "label"}, {"name": "file", "id": "path"}]
+    if score and data.has_score_terms(score):
+        columns.append({"name": "terms (z vs normal)", "id": "terms"})
+    return columns + [{"name": tag, "id": f"tag:{tag}"} for tag in data.tag_columns]
+
+
 def anomaly_rows(data: ExplorerData, score: str, limit: int = ANOMALY_ROWS) -> list[dict]:
-    top = data.points.nlargest(limit, score)[["id", score, "label", "path"]].rename(columns={score: "score"})
+    top = data.points.nlargest(limit, score)
+    rows = top[["id", score, "label", "path"]].rename(columns={score: "score"})
     if data.has_score_terms(score):
-        top = top.assign(terms=[data.score_terms(score, int(i)) for i in top["id"]])
-    return top.to_dict("records")
+        rows = rows.assign(terms=[data.score_terms(score, int(i)) for i in rows["id"]])
+    for tag in data.tag_columns:
+        rows[f"tag:{tag}"] = np.where(top[tag].fillna(False).astype(bool), "yes", "no")
+    return rows.to_dict("records")
 
 
 def grid_tab() -> dcc.Tab:
