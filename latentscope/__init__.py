@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .errors import LatentscopeError  # noqa: E402
 
-__all__ = ["__version__", "LatentscopeError", "encode", "train", "Codec", "Scope"]
+__all__ = ["__version__", "LatentscopeError", "encode", "annotate", "train", "Codec", "Scope"]
 
 
 def __getattr__(name):
@@ -13,6 +13,10 @@ def __getattr__(name):
         from .ingest import encode
 
         return encode
+    if name == "annotate":
+        from .metadata import annotate
+
+        return annotate
     if name == "train":
         from .training import train
 
