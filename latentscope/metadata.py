@@ -345,6 +345,21 @@ def _write(scope: Scope, stored: pd.DataFrame, source: dict, replace: bool = Fal
     log.info("%s: metadata for %d images, columns %s", scope.path, len(frame), list(frame.columns[1:]))
 
 
+def column_values(scope: Scope, column: str, where: str) -> pd.Series:
+    """By image id, in the encoded images' order: their labels (``label``; empty is missing) or a metadata column.
+    ``where`` names the request in the error for an unknown column."""
+    ok = scope.ok_manifest()
+    if column == "label":
+        labels = ok.set_index("id")["label"].astype(object)
+        return labels.where(labels != "")
+    metadata = scope.metadata()
+    if column not in metadata.columns or column == "id":
+        known = ", ".join(c for c in metadata.columns if c != "id") or "none yet"
+        raise InputError(f"{where}: the scope has no metadata column {column!r} (columns: {known}); attach a "
+                         "table with 'latentscope annotate' or tag images in the explorer")
+    return metadata.set_index("id")[column].reindex(ok["id"].to_numpy())
+
+
 def matches_value(values: pd.Series, wanted: str) -> np.ndarray:
     """Which values equal ``wanted``: as text in any case, or as a number (1 = 1.0)."""
     equal = (values.astype(str).str.lower() == wanted.lower()).fillna(False).to_numpy(bool)

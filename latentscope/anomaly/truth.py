@@ -11,22 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..metadata import is_tag, matches_value
+from ..metadata import column_values, is_tag, matches_value
 from ..scope import Scope
 from .metrics import image_metrics
-
-
-def _column_values(scope: Scope, column: str, spec: str) -> pd.Series:
-    ok = scope.ok_manifest()
-    if column == "label":
-        labels = ok.set_index("id")["label"].astype(object)
-        return labels.where(labels != "")
-    metadata = scope.metadata()
-    if column not in metadata.columns or column == "id":
-        known = ", ".join(c for c in metadata.columns if c != "id") or "none yet"
-        raise InputError(f"truth {spec!r}: the scope has no metadata column {column!r} (columns: {known}); attach a "
-                         "table with 'latentscope annotate' or tag images in the explorer")
-    return metadata.set_index("id")[column].reindex(ok["id"].to_numpy())
 
 
 def truth_labels(scope: Scope | str, spec: str) -> pd.Series:
@@ -34,7 +21,7 @@ def truth_labels(scope: Scope | str, spec: str) -> pd.Series:
     scope = scope if isinstance(scope, Scope) else Scope(scope)
     column, equals, value = str(spec).partition("=")
     column = column.strip()
-    values = _column_values(scope, column, spec)
+    values = column_values(scope, column, f"truth {spec!r}")
     known = values[values.notna()]
     if equals:
         truth = pd.Series(matches_value(known, value.strip()), index=known.index)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..errors import InputError, ScopeError
@@ -443,19 +442,12 @@ class Walker:
         knots.append(End(start.latent + np.float32(hi) * d, {"kind": "latent", "strength": hi}))
         return knots
 
-    def _column_equals(self, ok: pd.DataFrame, column: str, value: str) -> np.ndarray:
+    def _column_equals(self, column: str, value: str) -> np.ndarray:
         """Which encoded images have ``value`` in metadata ``column`` (any case; numbers compare as numbers)."""
-        from ..metadata import matches_value
+        from ..metadata import column_values, matches_value
 
         where = f"group {column}={value}"
-        if column == "label":
-            values = ok["label"]
-        else:
-            metadata = self.scope.metadata()
-            if column not in metadata or column == "id":
-                known = ", ".join(c for c in metadata.columns if c != "id") or "none; attach a table with 'latentscope annotate'"
-                raise InputError(f"{where}: the scope has no metadata column {column!r} (columns: {known})")
-            values = ok[["id"]].merge(metadata[["id", column]], on="id", how="left")[column]
+        values = column_values(self.scope, column, where)
         equal = matches_value(values, value)
         if not equal.any():
             seen = ", ".join(sorted(values.dropna().astype(str).unique())[:20]) or "none"
@@ -472,7 +464,7 @@ class Walker:
                 labels = ", ".join(sorted(set(ok["label"]) - {""})[:20]) or "none"
                 raise InputError(f"group label:{group['label']}: no encoded image has that label (labels: {labels})")
         elif "column" in group:
-            rows = ok.loc[self._column_equals(ok, str(group["column"]), str(group["value"])), "row"].to_numpy()
+            rows = ok.loc[self._column_equals(str(group["column"]), str(group["value"])), "row"].to_numpy()
         else:
             if not group["ids"]:
                 raise InputError("group ids: give at least one image id")
