@@ -57,6 +57,17 @@ def move_to(dash_duo, x: float, y: float, click: bool = False) -> None:
     builder.perform()
 
 
+def serve_copy(dash_duo, explorer_scope, tmp_path):
+    """Serve a copy of the explorer scope (for tests that write to it) and wait for the map; returns the app."""
+    scoped = tmp_path / "scope"
+    shutil.copytree(explorer_scope, scoped)
+    app = create_app(scoped, device="cpu")
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element("#map .main-svg", timeout=20)
+    time.sleep(0.5)
+    return app
+
+
 @pytest.fixture
 def explorer(dash_duo, explorer_scope):
     app = create_app(explorer_scope, device="cpu")
@@ -128,12 +139,7 @@ def test_click_inspects_a_point(explorer):
 
 
 def test_reviewing_tags_the_inspected_image(dash_duo, explorer_scope, tmp_path):
-    scoped = tmp_path / "scope"
-    shutil.copytree(explorer_scope, scoped)
-    app = create_app(scoped, device="cpu")
-    dash_duo.start_server(app)
-    dash_duo.wait_for_element("#map .main-svg", timeout=20)
-    time.sleep(0.5)
+    app = serve_copy(dash_duo, explorer_scope, tmp_path)
     image_id = int(app.latentscope.data.points.nlargest(1, "score:default")["id"].iloc[0])  # first in the table
     move_to(dash_duo, *point_position(dash_duo, image_id), click=True)
     wait_inspecting(dash_duo, image_id)
@@ -272,12 +278,7 @@ def test_finding_by_text_selects_and_rings_the_matches(explorer):
 def test_a_selection_is_tagged_coloured_by_its_tag_and_downloaded(dash_duo, explorer_scope, tmp_path):
     import pandas as pd
 
-    scoped = tmp_path / "scope"
-    shutil.copytree(explorer_scope, scoped)
-    app = create_app(scoped, device="cpu")
-    dash_duo.start_server(app)
-    dash_duo.wait_for_element("#map .main-svg", timeout=20)
-    time.sleep(0.5)
+    app = serve_copy(dash_duo, explorer_scope, tmp_path)
     box_select_left_half(dash_duo)
     count = int(dash_duo.find_element("#selection-count").text.split()[0].replace(",", ""))
     dash_duo.find_element("#tag-name").send_keys("reviewed")

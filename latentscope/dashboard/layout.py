@@ -62,19 +62,20 @@ def _default_size(n: int) -> int:
     return 7 if n < 2_000 else 5 if n < 20_000 else 3 if n < 200_000 else 2
 
 
+def tag_controls(prefix: str, placeholder: str, what: str) -> list:
+    """A tag name box with Tag and Untag buttons (ids ``{prefix}tag-name``, ``-add``, ``-remove``)."""
+    return [
+        dcc.Input(id=f"{prefix}tag-name", type="text", placeholder=placeholder, maxLength=64, className="tag-input"),
+        html.Button("Tag", id=f"{prefix}tag-add", className="button", n_clicks=0,
+                    title=f"mark {what} with this tag (stored in the scope's metadata)"),
+        html.Button("Untag", id=f"{prefix}tag-remove", className="button", n_clicks=0),
+    ]
+
+
 def inspect_tab() -> dcc.Tab:
     review = html.Div(
         [
-            html.Div(
-                [
-                    dcc.Input(id="inspect-tag-name", type="text", placeholder="tag, e.g. defect", maxLength=64,
-                              className="tag-input"),
-                    html.Button("Tag", id="inspect-tag-add", className="button", n_clicks=0,
-                                title="mark the inspected image with this tag (stored in the scope's metadata)"),
-                    html.Button("Untag", id="inspect-tag-remove", className="button", n_clicks=0),
-                ],
-                className="row buttons",
-            ),
+            html.Div(tag_controls("inspect-", "tag, e.g. defect", "the inspected image"), className="row buttons"),
             html.Div(id="inspect-tag-summary", className="hint"),
         ],
         className="panel-body review",
@@ -150,11 +151,7 @@ def selection_tab() -> dcc.Tab:
                 html.Div(id="group-summary", className="hint"),
                 html.Div(
                     [
-                        dcc.Input(id="tag-name", type="text", placeholder="tag name, e.g. reviewed", maxLength=64,
-                                  className="tag-input"),
-                        html.Button("Tag", id="tag-add", className="button", n_clicks=0,
-                                    title="mark the selected images with this tag (stored in the scope's metadata)"),
-                        html.Button("Untag", id="tag-remove", className="button", n_clicks=0),
+                        *tag_controls("", "tag name, e.g. reviewed", "the selected images"),
                         html.Button("Download CSV", id="selection-csv", className="button", n_clicks=0,
                                     title="id, file, label, map position, scores and metadata of the selected images"),
                         dcc.Download(id="selection-download"),
