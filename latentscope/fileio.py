@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -35,6 +36,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where the system tells it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore, once per process
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The permissions ``path`` gets: those of the file it replaces, else what ``open()`` would give a new file
+    (``mkstemp`` creates 0600 files, which other users of a shared scope or an exported morph could not read)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def save_pretrained(model, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` with safetensors, then the usual permissions on what it wrote: its weights
+    come out 0600, which other users of a shared model folder could not read."""
+    model.save_pretrained(folder, safe_serialization=True)
+    for written in Path(folder).iterdir():
+        if written.is_file():
+            os.chmod(written, 0o666 & ~_umask())
+
+
 def _storage_error(path: Path, exc: OSError) -> StorageError:
     reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return StorageError(f"{path}: could not write ({reason}); the previous version was left untouched")
@@ -55,6 +88,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:

@@ -12,6 +12,7 @@ Also a full disk: a write that fails with ENOSPC leaves the scope exactly as it 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -86,6 +87,24 @@ def test_full_disk_during_commit_leaves_scope_as_it_was(tmp_path, kl_folder, mon
     summary = encode(images, kl_folder, out, progress=False, device="cpu")  # resumes from the checkpoints
     assert summary.encoded == 9 and len(Scope(out).latents()) == 15
     note("full-disk", command="encode", survived=True)
+
+
+def test_written_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path, kl_folder):
+    from latentscope.fileio import write_bytes
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "scope"
+        encode(make_image_folder(tmp_path / "images", 4), kl_folder, out, progress=False, device="cpu")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+        assert modes and set(modes.values()) == {0o644}, modes  # readable by the team sharing the scope
+        shared = tmp_path / "morph.json"
+        write_bytes(shared, b"1")
+        shared.chmod(0o640)
+        write_bytes(shared, b"2")
+        assert shared.stat().st_mode & 0o777 == 0o640 and shared.read_bytes() == b"2"
+    finally:
+        os.umask(old)
 
 
 # ---------------------------------------------------------------------- project

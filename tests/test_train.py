@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,10 @@ def test_output_folder_layout_and_card(tiny_model):
         assert (out / part / "config.json").is_file() or (out / part / "scheduler_config.json").is_file()
     assert list((out / "vae").glob("*.safetensors")) and list((out / "unet").glob("*.safetensors"))
     assert not (out / "checkpoints").exists()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {f.relative_to(out): f.stat().st_mode & 0o777 for f in out.rglob("*") if f.is_file()}
+    assert set(modes.values()) == {0o666 & ~mask}, modes  # others may read a shared model, as with any new file
     card = (out / "README.md").read_text()
     train_count = result.record["data"]["train"]
     assert "## Command" in card and f"{result.psnr:.2f} dB" in card and f"{train_count} images of 16x16" in card

@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_path, read_json, save_pretrained, write_json
 from ..runtime import resolve_device, seed_everything
 from . import autoencoder as ae_phase
 from . import diffusion as dn_phase
@@ -261,7 +261,7 @@ def _autoencoder_phase(plan: Plan, train_pixels, val_pixels, identity, checkpoin
                                      train_seconds=result.train_seconds + coarse.train_seconds, coarse=dataclasses.asdict(coarse))
     means = ae_phase.encode_means(vae, train_pixels.to(device))
     ae_phase.calibrate_scaling(vae, means)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    save_pretrained(vae, out / "vae")
     write_json(checkpoints / "autoencoder.done.json", {"identity": identity, "result": dataclasses.asdict(result)})
     return vae, result
 
@@ -316,7 +316,7 @@ def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpo
     )
     result = phase.run()
     phase.restore_best()
-    unet.save_pretrained(out / "unet", safe_serialization=True)
+    save_pretrained(unet, out / "unet")
     scheduler.save_pretrained(out / "scheduler")
     record = {**dataclasses.asdict(result), "metrics": {"val_loss": phase.best["value"] if phase.best else float("nan")},
               "parameters": sum(p.numel() for p in unet.parameters())}
