@@ -119,10 +119,11 @@ def default_workdir() -> Path:
 
 
 def run_demo(workdir: str | Path | None = None, retrain: bool = False, device: str = "auto", progress: bool = True,
-             report: Callable[[str], None] = log.info, serve: bool = False, port: int = 8050) -> DemoRun:
+             report: Callable[[str], None] = log.info, serve: bool = False, port: int | None = None) -> DemoRun:
     """Run every stage in order, passing each report line to ``report`` as soon as the stage is done.
 
-    With ``serve`` the explorer is served on 127.0.0.1:``port`` afterwards (until interrupted).
+    With ``serve`` the explorer is served on 127.0.0.1:``port`` afterwards (until interrupted; without ``port``, on
+    the first free port from 8050 on).
     """
     run = DemoRun(Path(workdir).expanduser().resolve() if workdir else default_workdir(), retrain, device, progress)
     if run.workdir.exists() and not run.workdir.is_dir():

@@ -233,7 +233,7 @@ def no_long_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the command was accepted and started its work")
 
-    monkeypatch.setattr(waitress, "serve", refuse)
+    monkeypatch.setattr(waitress, "create_server", refuse)
     monkeypatch.setattr(dash.Dash, "run", refuse)
     monkeypatch.setattr(Phase, "run", refuse)
     monkeypatch.setattr(LatentProjection, "fit", refuse)
@@ -254,3 +254,30 @@ def test_refused_with_one_line_exit_2_and_nothing_written(world, case, command, 
     assert pattern.lower() in err.lower(), f"{case}: {err!r} does not name the problem ({pattern!r})"
     assert snapshot(world) == before, f"{case}: the command wrote into the world"
     note("bad-input", what="command line", variant=f"latentscope {argv[0]}")
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_without_a_port_takes_the_next_free_one(world, capsys, monkeypatch):
+    import socket
+
+    import latentscope.dashboard as dashboard
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["-q", "serve", f"{world}/scope", "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"port {port} is in use" in err and "--port" in err
+
+        class Announced(Exception):
+            pass
+
+        def announce(line):
+            if "running at" in line:
+                raise Announced(line)
+
+        monkeypatch.setattr(dashboard, "DEFAULT_PORT", port)
+        with pytest.raises(Announced) as announced:
+            dashboard.serve(f"{world}/scope", announce=announce)
+        chosen = int(str(announced.value).split(":")[2].split("/")[0])
+        assert chosen > port
+    with socket.create_server(("127.0.0.1", chosen)):  # the explorer let go of its port when it stopped
+        pass

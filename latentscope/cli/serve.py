@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("scope", help="scope folder")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=positive_int, default=8050)
+    parser.add_argument("--port", type=positive_int,
+                        help="port to listen on (default: the first free one from 8050 on)")
     parser.add_argument("--map", dest="map_name", help="map to show (default: the first)")
     parser.add_argument("--model", help="decode with this model instead of the one recorded in the scope")
     parser.add_argument("--token", help="access token required from browsers (default: generated when --host is not loopback)")
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dashboard import serve
     from ..errors import InputError
 
-    if args.port > 65535:
+    if args.port is not None and args.port > 65535:
         raise InputError(f"--port {args.port}: must be at most 65535")
     serve(args.scope, host=args.host, port=args.port, token=args.token, no_auth=args.no_auth, debug=args.debug,
           map_name=args.map_name, model=args.model, device=args.device)

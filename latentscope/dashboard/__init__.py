@@ -8,18 +8,21 @@ the scope.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..errors import LatentscopeError
+from ..errors import InputError, LatentscopeError
 from ..scope import Scope
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).with_name("assets")
 DEFAULT_PORT = 8050
+PORTS_TRIED = 20  # without a port given, the first free one from DEFAULT_PORT on (a second explorer, a rerun demo)
 
 
 def create_app(
@@ -148,26 +151,51 @@ def _warm_up_in_background(data) -> None:
     threading.Thread(target=warm, name="latentscope-warm-up", daemon=True).start()
 
 
-def serve(scope, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
+def serve(scope, host: str = "127.0.0.1", port: int | None = None, token: str | None = None, no_auth: bool = False,
           debug: bool = False, threads: int = 8, announce=print, **app_options) -> None:
-    """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed)."""
+    """Serve the explorer. Off loopback a token is required unless ``no_auth`` (then a warning is printed).
+    Without ``port``, the first free port from :data:`DEFAULT_PORT` on; the URL is announced once it listens."""
     from .security import check_host, choose_token, is_loopback
 
     check_host(host)
     token = choose_token(host, token, no_auth, announce)
     _one_thread_per_request_on_cpu()
     app = create_app(scope, token=token, **app_options)
+    if debug:  # Flask's development server binds only when it runs
+        server, port = None, _first_free_port(host, port, lambda p: socket.create_server(
+            (host, p), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close())
+    else:
+        from waitress import create_server
+
+        server, port = _first_free_port(host, port, lambda p: create_server(app.server, host=host, port=p, threads=threads))
     _warm_up_in_background(app.latentscope.data)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     if token and not is_loopback(host):
         url += f"?token={token}"
-    announce(f"latentscope explorer running at {url}  (Ctrl-C to stop)")
-    if debug:
-        app.run(host=host, port=port, debug=True)
-        return
     try:
-        from waitress import serve as waitress_serve
-    except ImportError:
-        app.run(host=host, port=port, debug=False, threaded=True)
-    else:
-        waitress_serve(app.server, host=host, port=port, threads=threads, _quiet=True)
+        announce(f"latentscope explorer running at {url}  (Ctrl-C to stop)")
+        if server is None:
+            app.run(host=host, port=port, debug=True)
+        else:
+            server.run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _first_free_port(host: str, port: int | None, listen):
+    """``(listen(p), p)`` for ``port``, or without one for the first port from :data:`DEFAULT_PORT` on that is not
+    in use; a one-line :class:`InputError` when it cannot listen."""
+    candidates = [port] if port is not None else range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TRIED)
+    for candidate in candidates:
+        try:
+            return listen(candidate), candidate
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and candidate != candidates[-1]:
+                continue
+            if exc.errno == errno.EADDRINUSE:
+                where = (f"port {port} is" if port is not None
+                         else f"ports {DEFAULT_PORT}-{candidates[-1]} are")
+                raise InputError(f"{host}: {where} in use (another explorer or program); choose a free one with "
+                                 "--port") from None
+            raise InputError(f"{host}:{candidate}: cannot listen ({exc.strerror or exc})") from None
