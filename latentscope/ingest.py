@@ -79,7 +79,7 @@ class EncodeSummary:
             out.append(f"resumed an interrupted run: {self.resumed} images came from its checkpoints")
         for reason, count in self.reasons.most_common(10):
             out.append(f"  skipped {count} x {reason}")
-        out.append(f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s")
+        out.append(f"time {self.seconds:.1f} s" + (f", {self.images_per_second:.1f} images/s" if self.encoded else ""))
         return out + self.metadata
 
 
