@@ -259,6 +259,8 @@ def test_refused_with_one_line_exit_2_and_nothing_written(world, case, command, 
 def test_serve_on_a_port_in_use_is_one_line_and_without_a_port_takes_the_next_free_one(world, capsys, monkeypatch):
     import socket
 
+    import dash
+
     import latentscope.dashboard as dashboard
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -279,5 +281,9 @@ def test_serve_on_a_port_in_use_is_one_line_and_without_a_port_takes_the_next_fr
             dashboard.serve(f"{world}/scope", announce=announce)
         chosen = int(str(announced.value).split(":")[2].split("/")[0])
         assert chosen > port
+        ran = {}
+        monkeypatch.setattr(dash.Dash, "run", lambda app, **options: ran.update(options))
+        dashboard.serve(f"{world}/scope", debug=True, announce=lambda line: None)  # Flask's server binds later
+        assert ran["port"] > port and ran["debug"]
     with socket.create_server(("127.0.0.1", chosen)):  # the explorer let go of its port when it stopped
         pass

@@ -161,8 +161,9 @@ def serve(scope, host: str = "127.0.0.1", port: int | None = None, token: str | 
     token = choose_token(host, token, no_auth, announce)
     _one_thread_per_request_on_cpu()
     app = create_app(scope, token=token, **app_options)
-    if debug:  # Flask's development server binds only when it runs
-        server, port = None, _first_free_port(host, port, lambda p: socket.create_server(
+    if debug:  # Flask's development server binds only when it runs: check that it can
+        server = None
+        _, port = _first_free_port(host, port, lambda p: socket.create_server(
             (host, p), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close())
     else:
         from waitress import create_server
