@@ -164,6 +164,21 @@ def test_plan_splits_the_autoencoder_time_between_half_and_full_size():
         make_plan((16, 16), 100, coarse_epochs=2)
 
 
+def test_plan_gives_the_denoiser_the_same_time_at_every_image_size():
+    from latentscope.training.plan import DENOISER_LATENTS_SEEN, denoiser_relative_cost
+
+    def seconds_worth(size, count=400):  # in 4 x 8 x 8 latents at width 16 (the plan at 32 px)
+        plan = make_plan((size, size), count)
+        positions = plan.latent_shape[1] * plan.latent_shape[2]
+        return plan.denoiser_epochs * 2 * count * denoiser_relative_cost(positions, plan.denoiser_widths[0] // 2)
+
+    for size in (32, 64, 128):
+        assert seconds_worth(size) == pytest.approx(DENOISER_LATENTS_SEEN, rel=0.1), size
+    assert make_plan((64, 64), 400).denoiser_epochs < make_plan((32, 32), 400).denoiser_epochs / 3
+    assert denoiser_relative_cost(16 * 16, 24) == pytest.approx(11.1 / 2.44, rel=0.05)  # measured at 64 px
+    assert make_plan((64, 64), 400, denoiser_epochs=9).denoiser_epochs == 9
+
+
 COARSE = dict(size=32, width=8, epochs=2, coarse_epochs=3, batch_size=4, learning_rate=3e-3, progress=False, patience=0,
               denoiser=False)
 

@@ -11,7 +11,8 @@ worse: L1 + MSE (-1.1 dB mid-run, -0.2 dB after 800 steps), peak learning rate 2
 16 or 4 latent channels: 1 dB below downscale 4 after 8,000 images).
 Batch 8 beat batch 32 at equal compute (19.4 vs 15.5 dB). An EMA of the weights gave nothing at the
 end of the cosine schedule. The denoiser is a small UNet over the scaled latents with a cosine noise
-schedule and v-prediction.
+schedule and v-prediction; it trains for the same time at every image size (about 5 minutes on 2 CPU cores: the
+time of ``DENOISER_LATENTS_SEEN`` latents of 4 x 8 x 8, by measured step times per latent size and width).
 
 Coarse to fine: the autoencoder is convolutional, so from 64 px up it first trains on the images halved in
 size (2 x 2 averages), where an image costs a third as much, then on the images themselves; 70 % of its
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 AE_IMAGES_SEEN = 32_000  # autoencoder training length in 32 px images (about 9 minutes on 2 CPU cores)
-DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in latents (about 5 minutes on 2 CPU cores)
+DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in 4 x 8 x 8 latents (about 5 minutes on 2 CPU cores)
 MIN_EPOCHS, MAX_EPOCHS = 3, 500
 COARSE_SHARE = 0.7  # of the autoencoder's time spent on half-size images, when the plan chooses the lengths
 COARSE_MIN_SIDE = 32  # ...and only when the halved images are this large (16 px icons lost too much: see the module doc)
@@ -38,6 +39,11 @@ MIN_FINE_EPOCHS = 1  # full-size epochs after the half-size stage: the model alr
 # pixel count: the cost grows faster than the pixel count from 32 to 64 px, so a fitted "overhead + pixels" line
 # underestimated 64 px epochs by a fifth. Between anchors the plan interpolates, beyond them it extends the end slopes.
 STEP_MS_BY_PIXELS = ((16**2, 6.5), (32**2, 13.9), (64**2, 47.8))
+# The same for the denoiser (ms per latent; base width 16, batch 32, 2 CPU threads) by latent positions. Counted in
+# latents alone, its budget took 22 minutes at 64 and 128 px (16 x 16 latents, base width 24) and 79 at 256 px;
+# measured there: 11.1 and 39.3 ms per latent at width 24, which the width factor below gives within 3 %.
+DENOISER_STEP_MS_BY_POSITIONS = ((8**2, 2.44), (16**2, 6.15), (32**2, 19.8))
+DENOISER_WIDTH_EXPONENT = 1.45  # cost against base width: 16 -> 24 measured 1.80x at 16 x 16 latents
 
 
 @dataclass(frozen=True)
@@ -79,18 +85,29 @@ def _check_limits(**values) -> None:
             raise InputError(f"{name.replace('_', ' ')} {value}: must be between 1 and {LIMITS[name]:,}")
 
 
-def step_ms(pixels: int) -> float:
-    """Piecewise-linear interpolation of ``STEP_MS_BY_PIXELS`` (linear extrapolation past both ends, at least 1 ms)."""
-    anchors = STEP_MS_BY_PIXELS
+def _interpolate(anchors, x: float) -> float:
+    """Piecewise-linear interpolation of ``(x, ms)`` anchors (linear extrapolation past both ends, at least 1 ms)."""
     for (x0, y0), (x1, y1) in zip(anchors, anchors[1:]):
-        if pixels <= x1:
+        if x <= x1:
             break
-    return max(1.0, y0 + (pixels - x0) * (y1 - y0) / (x1 - x0))
+    return max(1.0, y0 + (x - x0) * (y1 - y0) / (x1 - x0))
+
+
+def step_ms(pixels: int) -> float:
+    """Autoencoder step time per image of ``pixels`` pixels at width 16 (``STEP_MS_BY_PIXELS``)."""
+    return _interpolate(STEP_MS_BY_PIXELS, pixels)
 
 
 def relative_cost(side: int, base: int) -> float:
     """Training cost of one image of ``side`` pixels through a model of base width ``base``, 32 px at width 16 = 1."""
     return step_ms(side**2) / step_ms(32**2) * base / 16
+
+
+def denoiser_relative_cost(latent_positions: int, base: int) -> float:
+    """Training cost of one latent of ``latent_positions`` positions through a denoiser of base width ``base``,
+    4 x 8 x 8 at width 16 (the plan at 32 px) = 1."""
+    return (_interpolate(DENOISER_STEP_MS_BY_POSITIONS, latent_positions) / DENOISER_STEP_MS_BY_POSITIONS[0][1]
+            * (base / 16) ** DENOISER_WIDTH_EXPONENT)
 
 
 def can_train_coarse(size: tuple[int, int], downscale: int, min_side: int = 16) -> bool:
@@ -141,7 +158,9 @@ def make_plan(
         learning_rate=learning_rate or 1e-3,
         denoiser_widths=(2 * denoiser_base, 4 * denoiser_base, 4 * denoiser_base) if side // downscale >= 16
         else (2 * denoiser_base, 4 * denoiser_base),
-        denoiser_epochs=denoiser_epochs or _epochs_for(DENOISER_LATENTS_SEEN, 2 * train_count),
+        denoiser_epochs=denoiser_epochs or _epochs_for(
+            DENOISER_LATENTS_SEEN / denoiser_relative_cost((size[0] // downscale) * (size[1] // downscale), denoiser_base),
+            2 * train_count),  # the same time at every size (the images and their mirror images)
         denoiser_batch_size=batch_size or 32,
         denoiser_learning_rate=(learning_rate or 1e-3) / 2,
     )
