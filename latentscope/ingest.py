@@ -57,6 +57,7 @@ class EncodeSummary:
     scope: Path
     found: int = 0
     unchanged: int = 0
+    unchanged_skipped: int = 0  # ... of them files an earlier run could not use (the manifest keeps why)
     encoded: int = 0
     reused: int = 0
     failed: int = 0
@@ -69,11 +70,16 @@ class EncodeSummary:
     def images_per_second(self) -> float:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
+    def _skipped_before(self) -> str:
+        if not self.unchanged_skipped:
+            return ""
+        return f" ({self.unchanged_skipped} of them skipped before: 'latentscope info' says why)"
+
     def lines(self) -> list[str]:
         out = [
             f"scope: {self.scope}",
             f"found {self.found} image files: {self.encoded} encoded, {self.reused} reused by content hash, "
-            f"{self.unchanged} already in the scope, {self.failed} skipped",
+            f"{self.unchanged} already in the scope{self._skipped_before()}, {self.failed} skipped",
         ]
         if self.resumed:
             out.append(f"resumed an interrupted run: {self.resumed} images came from its checkpoints")
@@ -344,6 +350,7 @@ def encode(
         old = by_path.get(item.relpath)
         if old is not None and old.bytes == size_bytes and old.mtime_ns == mtime:
             summary.unchanged += 1
+            summary.unchanged_skipped += old.status != "ok"
             continue
         pending.append((item, size_bytes, mtime))
 

@@ -73,6 +73,9 @@ def test_bad_files_are_recorded_and_good_ones_all_encoded(tmp_path, kl_folder):
     latents = scope.latents()
     assert latents.dtype == np.float16 and latents.shape == (20, 4, 16, 16)
     assert all(scope.thumb_path(i).exists() for i in ok["id"])
+    again = encode(images, kl_folder, tmp_path / "scope", progress=False, device="cpu")
+    assert (again.unchanged, again.unchanged_skipped, again.failed) == (summary.found, len(BAD_FILES), 0)
+    assert f"({len(BAD_FILES)} of them skipped before" in again.lines()[1]
 
 
 def test_latents_match_direct_model_encode(tmp_path, kl_folder):
