@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import os
 import tempfile
@@ -36,16 +35,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@functools.cache
 def _umask() -> int:
-    """The process's file-creation mask, read without changing it where the system tells it (Linux)."""
+    """The process's file-creation mask, read without changing it where the system tells it (Linux; a small read
+    beside each write's fsync)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o022)  # elsewhere: set and restore, once per process
+    mask = os.umask(0o022)  # elsewhere: set and restore
     os.umask(mask)
     return mask
 
