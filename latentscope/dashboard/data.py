@@ -39,6 +39,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+MAP_CACHES = ("clusters", "flat_latents", "_squared_norms", "projection")  # cached properties that depend on the map
 COMPARISON = re.compile(r"^(?P<column>[^<>=!]+?)\s*(?P<op>>=|<=|!=|>|<|=)\s*(?P<value>.*)$")
 
 
@@ -97,8 +98,7 @@ class ExplorerData:
         """Read the scope again after another process wrote to it (new scores, maps, metadata or images): the
         same map if it still exists. Models stay loaded; the walker is rebuilt, as the latents may be new."""
         self.scope.invalidate()
-        for cached in ("clusters", "flat_latents", "_squared_norms", "projection", "_score_terms"):
-            self.__dict__.pop(cached, None)
+        self._forget(*MAP_CACHES, "_score_terms")
         with self._models.walker_lock:
             self._models.walker = None
         names = self.scope.table_names("maps")
@@ -126,11 +126,14 @@ class ExplorerData:
         if map_name not in self.map_names:
             raise ScopeError(f"{self.scope.path}: no map named {map_name!r}")
         other = copy.copy(self)
-        for cached in ("clusters", "flat_latents", "_squared_norms", "projection"):  # they depend on the map
-            other.__dict__.pop(cached, None)
+        other._forget(*MAP_CACHES)
         other.map_name = map_name
         other.reload_points()
         return other
+
+    def _forget(self, *cached: str) -> None:
+        for name in cached:
+            self.__dict__.pop(name, None)
 
     def reload_points(self) -> None:
         """Read the map, manifest, metadata and scores again (after a tag changed the metadata)."""
@@ -243,8 +246,9 @@ class ExplorerData:
         whose value compares so (``score:default>2``, ``ink<=0.1``, ``reviewed=true``)."""
         text = (text or "").strip()
         condition = COMPARISON.match(text)
-        if condition and condition["column"].strip() in self.points.columns and condition["column"].strip() not in ("x", "y", "z"):
-            hits = self._compare(condition["column"].strip(), condition["op"], condition["value"].strip())
+        column = condition["column"].strip() if condition else None
+        if column in self.points.columns and column not in ("x", "y", "z"):
+            hits = self._compare(column, condition["op"], condition["value"].strip())
         else:
             needle = text.lower()
             if not needle:
