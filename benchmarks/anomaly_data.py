@@ -43,6 +43,13 @@ ICON_CONTEXTS = ("places", "devices", "mimetypes")
 # the shipped demo model's recipe (short runs: ~10k images seen by the autoencoder)
 DIGITS_TRAINING = dict(epochs=8, denoiser_epochs=12, seed=0)
 PHOTOS_TRAINING = dict(epochs=10, denoiser_epochs=16, seed=0)
+# larger colour images: the automatic plan a user gets (10-minute autoencoder budget, coarse to fine)
+PLANNED_TRAINING = dict(seed=0)
+TASK_SIZES = (32, 64)
+
+
+def colour_training(size: int) -> dict:
+    return dict(PHOTOS_TRAINING if size == 32 else PLANNED_TRAINING)
 
 
 @dataclass
@@ -95,7 +102,7 @@ def photos_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
     train_idx, test_idx = _split_normals(normal, seed)
     anomalies = {f"source {name}": images[groups == name] for name in held}
     return Task(f"photos-{size}px-holdout{PHOTO_HOLDOUTS}-seed{seed}", f"photos {size}px", images[train_idx],
-                images[test_idx], anomalies, dict(PHOTOS_TRAINING))
+                images[test_idx], anomalies, colour_training(size))
 
 
 def icons_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
@@ -103,11 +110,12 @@ def icons_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
     train_idx, test_idx = _split_normals(np.arange(len(images)), seed)
     anomalies = {f"{context} icons": load_icon_context(context, size, seed=seed) for context in ICON_CONTEXTS}
     return Task(f"icons-{size}px-seed{seed}", f"icons {size}px", images[train_idx], images[test_idx], anomalies,
-                dict(PHOTOS_TRAINING))
+                colour_training(size))
 
 
 def all_tasks() -> list[Task]:
-    return [digits_task(DIGIT_PAIRS[0]), photos_task(), icons_task(), *(digits_task(p) for p in DIGIT_PAIRS[1:])]
+    return [digits_task(DIGIT_PAIRS[0]), *(make(size=s) for s in TASK_SIZES for make in (photos_task, icons_task)),
+            *(digits_task(p) for p in DIGIT_PAIRS[1:])]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.anomaly_data import MODEL_DIR, Task, digits_task, icons_task, photos_task  # noqa: E402
+from benchmarks.anomaly_data import (MODEL_DIR, PHOTO_HOLDOUTS, TASK_SIZES, Task, digits_task, icons_task,  # noqa: E402
+                                     photos_task)
 from benchmarks.results import command_line, machine_line, write_section  # noqa: E402
 from latentscope.anomaly import DEFAULT_DRAWS, DEFAULT_LEVELS, DEFAULT_STEPS, Batch, DiffusionScore  # noqa: E402
 from latentscope.anomaly.diffusion import DEFAULT_TERMS  # noqa: E402
@@ -128,8 +129,14 @@ def protocol_means(per_case: dict[str, dict], metric: str = "auroc") -> dict[str
 
 
 def tasks(names) -> list[Task]:
-    known = {t.name: t for t in (digits_task((0, 1)), digits_task((2, 3)), photos_task(), icons_task())}
-    return [known[n] for n in names]
+    makers = {"digits-holdout-01": lambda: digits_task((0, 1)), "digits-holdout-23": lambda: digits_task((2, 3))}
+    for size in TASK_SIZES:
+        makers[f"photos-{size}px-holdout{PHOTO_HOLDOUTS}-seed0"] = lambda size=size: photos_task(size=size)
+        makers[f"icons-{size}px-seed0"] = lambda size=size: icons_task(size=size)
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise SystemExit(f"unknown task {unknown[0]!r}; known: {', '.join(makers)}")
+    return [makers[n]() for n in names]
 
 
 TERM_SETS = [("local", "content", "gist"), ("local", "content"), ("content", "gist"), ("local",), ("content",), ("gist",),
@@ -184,6 +191,13 @@ def throughput(task: Task, count: int, batch_size: int = 32) -> dict:
             "ratio": scored_per_second * bare_image_seconds}
 
 
+def training_text(task: Task) -> str:
+    epochs = task.training.get("epochs")
+    if epochs is None:
+        return "the automatic plan"
+    return f"{epochs} autoencoder and {task.training['denoiser_epochs']} denoiser epochs"
+
+
 def fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
@@ -191,8 +205,8 @@ def fmt(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["digits-holdout-01", "digits-holdout-23", "photos-32px-holdout5-seed0",
-                                                        "icons-32px-seed0"])
-    parser.add_argument("--sweep-tasks", nargs="*", default=["digits-holdout-01", "photos-32px-holdout5-seed0"])
+                                                        "icons-32px-seed0", "photos-64px-holdout5-seed0", "icons-64px-seed0"])
+    parser.add_argument("--sweep-tasks", nargs="*", help="tasks of the cost / quality sweep (default: every task)")
     parser.add_argument("--throughput-images", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="small pools (a smoke run; figures not comparable)")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
@@ -206,7 +220,8 @@ def main() -> None:
     for task in tasks(args.tasks):
         prepared = Prepared(task, **sizes)
         n_normal = len(prepared.pool.cases[0].normal)
-        described.append(f"`{task.name}`: model trained on {len(task.train)} normal images; test pool {n_normal} unseen "
+        described.append(f"`{task.name}`: model trained on {len(task.train)} normal images ({training_text(task)}); "
+                         f"test pool {n_normal} unseen "
                          f"normal images, {len(task.anomalies)} held-out classes "
                          f"({', '.join(f'{k} ({len(c.anomalous)})' for k, c in zip(task.anomalies, prepared.pool.cases))}), "
                          f"{n_normal} defect copies; diffusion calibrated on {len(prepared.reference)} training images")
@@ -233,7 +248,7 @@ def main() -> None:
         everyone = metrics(prepared.pool, prepared.diffusion(neighbours=0))
         all_maps[task.name] = {"defects": protocol_means(everyone)["defects"],
                                "pixel": protocol_means(everyone, "pixel_auroc")["defects"]}
-        if task.name in args.sweep_tasks:
+        if args.sweep_tasks is None or task.name in args.sweep_tasks:
             sweeps[task.name] = []
             for levels, draws in SWEEP:
                 out = metrics(prepared.pool, prepared.diffusion(levels=levels, draws=draws))
