@@ -84,8 +84,8 @@ def project_latents(run: DemoRun) -> list[str]:
 
 #: The demo's scoring setting, reduced to keep the demo to about a minute on two CPU cores: only level 0 (the
 #: autoencoder round trip, one decoder call per image) with the calibrated heatmap and the content and gist terms
-#: (one denoiser call per image for its features). 'latentscope score' defaults to levels 0, 0.1 and 0.25 with
-#: five DDIM steps and four draws per noisy level (41 denoiser and 9 decoder calls per image).
+#: (one denoiser call per image for its features). 'latentscope score' defaults to levels 0 and 0.1 with
+#: five DDIM steps and four draws at the noisy level (21 denoiser and 5 decoder calls per image).
 DEMO_SCORE = dict(levels=(0.0,), reference_size=256)
 
 
@@ -97,8 +97,8 @@ def score_images(run: DemoRun) -> list[str]:
         return ["score: 'default' is up to date with the images (reused); most anomalous: "
                 + ", ".join(f"{p} ({s:.1f})" for p, s in zip(top["path"], top["score"]))]
     summary = score(run.scope, run.model, device=run.device, progress=run.progress, top=5, **DEMO_SCORE)
-    note = ("  (quick demo setting: level 0 only, the round trip; 'latentscope score' adds noise levels 0.1 and 0.25, "
-            "5 DDIM steps, 4 draws each)")
+    note = ("  (quick demo setting: level 0 only, the round trip; 'latentscope score' adds noise level 0.1, "
+            "5 DDIM steps, 4 draws)")
     return ["score:", *("  " + line for line in summary.lines()), note]
 
 

@@ -56,7 +56,7 @@ class Reconstructor:
     """Measures diffusion-reconstruction errors with a :class:`~latentscope.codec.Codec` and a
     :class:`~latentscope.denoiser.Denoiser` that works in the codec's scaled latent space."""
 
-    def __init__(self, codec, denoiser, levels=(0.0, 0.1, 0.25), steps: int = 5, draws: int = 4, seed: int = 0):
+    def __init__(self, codec, denoiser, levels=(0.0, 0.1), steps: int = 5, draws: int = 4, seed: int = 0):
         self.codec = codec
         self.denoiser = denoiser
         self.levels = check_levels(levels)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--defects", nargs="*", metavar="KIND", help="add the defects protocol (kinds: blob scratch blur "
                         "colour noise; default all)")
     parser.add_argument("--methods", nargs="+", help="methods to compare (default: diffusion and every baseline)")
-    parser.add_argument("--levels", type=fraction, nargs="+", help="diffusion noise levels (default 0 0.1 0.25)")
+    parser.add_argument("--levels", type=fraction, nargs="+", help="diffusion noise levels (default 0 0.1)")
     parser.add_argument("--steps", type=positive_int, help="DDIM steps per level (default 5)")
     parser.add_argument("--draws", type=positive_int, help="noise draws per level (default 4)")
     parser.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                         choices=("diffusion", "roundtrip", "knn-latent", "iforest-latent", "pca-pixel", "knn-pixel"),
                         help="diffusion reconstruction (default) or a baseline")
     parser.add_argument("--levels", type=fraction, nargs="+", help="noise levels t in [0, 1]; 0 = autoencoder round trip "
-                        "(default: 0 0.1 0.25)")
+                        "(default: 0 0.1)")
     parser.add_argument("--steps", type=positive_int, help="DDIM steps per level (default 5)")
     parser.add_argument("--draws", type=positive_int, help="noise draws averaged per level (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and the reference sample (default 0)")
