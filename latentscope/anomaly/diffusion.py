@@ -60,13 +60,8 @@ import torch
 from ..errors import InputError
 from .base import Batch, Method, Scores
 from .maps import smooth, top_k_mean
-from .reconstruct import LevelErrors, Reconstructor
+from .reconstruct import DEFAULT_DRAWS, DEFAULT_LEVELS, DEFAULT_STEPS, LevelErrors, Reconstructor
 
-# Level 0 (the round trip) plus one noised level: on every benchmark task (digits, photos and icons at 32 and
-# 64 px) a level at 0.25 as well ranked no better, at twice the model calls (benchmarks/RESULTS.md, cost against quality).
-DEFAULT_LEVELS = (0.0, 0.1)
-DEFAULT_STEPS = 5
-DEFAULT_DRAWS = 4
 TERMS = ("local", "global", "latent", "density", "style", "content", "gist")
 DEFAULT_TERMS = ("local", "content", "gist")
 REFERENCE_TERMS = ("density", "style", "content", "gist")  # kNN distances to the density reference's images

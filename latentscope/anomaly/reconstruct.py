@@ -21,6 +21,12 @@ from .maps import map_shape, pool_to, squared_error_map
 
 log = logging.getLogger(__name__)
 
+# Level 0 (the round trip) plus one noised level: on every benchmark task (digits, photos and icons at 32 and
+# 64 px) a level at 0.25 as well ranked no better, at twice the model calls (benchmarks/RESULTS.md, cost against quality).
+DEFAULT_LEVELS = (0.0, 0.1)
+DEFAULT_STEPS = 5
+DEFAULT_DRAWS = 4
+
 
 @dataclass
 class LevelErrors:
@@ -56,7 +62,8 @@ class Reconstructor:
     """Measures diffusion-reconstruction errors with a :class:`~latentscope.codec.Codec` and a
     :class:`~latentscope.denoiser.Denoiser` that works in the codec's scaled latent space."""
 
-    def __init__(self, codec, denoiser, levels=(0.0, 0.1), steps: int = 5, draws: int = 4, seed: int = 0):
+    def __init__(self, codec, denoiser, levels=DEFAULT_LEVELS, steps: int = DEFAULT_STEPS, draws: int = DEFAULT_DRAWS,
+                 seed: int = 0):
         self.codec = codec
         self.denoiser = denoiser
         self.levels = check_levels(levels)
