@@ -463,6 +463,14 @@ def test_denoiser_features_are_computed_once_per_image(digits_scope, models, mon
     np.testing.assert_array_equal(scorer._features_for(other.latents, other.ids), original(denoiser, other.latents))
 
 
+def test_a_scope_within_the_reference_is_scored_in_one_pass(digits_scope, capsys):
+    summary = score(digits_scope, name="one-pass", reference_size=512, batch_size=16, progress=True, **FAST)
+    bars = capsys.readouterr().err
+    assert summary.scored == 80 and "calibrate" in bars
+    assert "score:" not in bars  # no second, empty pass over images the calibration already scored
+    assert len(pd.read_parquet(digits_scope / "scores" / "one-pass.parquet")) == 80
+
+
 def test_heatmap_png_from_stored_maps_and_recomputed(digits_scope):
     score(digits_scope, name="nomaps", reference_size=24, batch_size=16, progress=False, maps=False, **FAST)
     score(digits_scope, name="withmaps", reference_size=24, batch_size=16, progress=False, **FAST)

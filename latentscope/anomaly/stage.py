@@ -435,7 +435,9 @@ def score(
     todo = images.ids
     if reference_results is not None:
         todo = np.setdiff1d(images.ids, reference_results["ids"])
-    if method == "diffusion" or scorer.has_maps or method in ("pca-pixel", "knn-pixel"):
+    if not len(todo):
+        results = None  # every image was a reference image, scored with the calibration (no empty progress bar)
+    elif method == "diffusion" or scorer.has_maps or method in ("pca-pixel", "knn-pixel"):
         sweep = _Pass(folder / "score", images, batch_size, workers, checkpoint_seconds, remote)
         calibration = scorer.calibration() if hasattr(scorer, "calibration") else None
         results = sweep.run(todo, lambda b: _scores_arrays(b.ids, scorer.score(b)), "score", progress, summary,
