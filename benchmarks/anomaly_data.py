@@ -94,6 +94,14 @@ def digits_task(pair: tuple[int, int], seed: int = 0, size: int = 32) -> Task:
                 dict(DIGITS_TRAINING))
 
 
+def photos_name(size: int = 32, seed: int = 0) -> str:
+    return f"photos-{size}px-holdout{PHOTO_HOLDOUTS}-seed{seed}"
+
+
+def icons_name(size: int = 32, seed: int = 0) -> str:
+    return f"icons-{size}px-seed{seed}"
+
+
 def photos_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
     images, groups = load_set("photos", size, count)
     sources = np.unique(groups)
@@ -101,7 +109,7 @@ def photos_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
     normal = np.flatnonzero(~np.isin(groups, held))
     train_idx, test_idx = _split_normals(normal, seed)
     anomalies = {f"source {name}": images[groups == name] for name in held}
-    return Task(f"photos-{size}px-holdout{PHOTO_HOLDOUTS}-seed{seed}", f"photos {size}px", images[train_idx],
+    return Task(photos_name(size, seed), f"photos {size}px", images[train_idx],
                 images[test_idx], anomalies, colour_training(size))
 
 
@@ -109,7 +117,7 @@ def icons_task(seed: int = 0, size: int = 32, count: int = 2000) -> Task:
     images, _ = load_set("icons", size, count)
     train_idx, test_idx = _split_normals(np.arange(len(images)), seed)
     anomalies = {f"{context} icons": load_icon_context(context, size, seed=seed) for context in ICON_CONTEXTS}
-    return Task(f"icons-{size}px-seed{seed}", f"icons {size}px", images[train_idx], images[test_idx], anomalies,
+    return Task(icons_name(size, seed), f"icons {size}px", images[train_idx], images[test_idx], anomalies,
                 colour_training(size))
 
 

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.anomaly_data import (MODEL_DIR, PHOTO_HOLDOUTS, TASK_SIZES, Task, digits_task, icons_task,  # noqa: E402
-                                     photos_task)
+from benchmarks.anomaly_data import (MODEL_DIR, TASK_SIZES, Task, digits_task, icons_name, icons_task,  # noqa: E402
+                                     photos_name, photos_task)
 from benchmarks.results import command_line, machine_line, write_section  # noqa: E402
 from latentscope.anomaly import DEFAULT_DRAWS, DEFAULT_LEVELS, DEFAULT_STEPS, Batch, DiffusionScore  # noqa: E402
 from latentscope.anomaly.diffusion import DEFAULT_TERMS  # noqa: E402
@@ -131,8 +131,8 @@ def protocol_means(per_case: dict[str, dict], metric: str = "auroc") -> dict[str
 def tasks(names) -> list[Task]:
     makers = {"digits-holdout-01": lambda: digits_task((0, 1)), "digits-holdout-23": lambda: digits_task((2, 3))}
     for size in TASK_SIZES:
-        makers[f"photos-{size}px-holdout{PHOTO_HOLDOUTS}-seed0"] = lambda size=size: photos_task(size=size)
-        makers[f"icons-{size}px-seed0"] = lambda size=size: icons_task(size=size)
+        makers[photos_name(size)] = lambda size=size: photos_task(size=size)
+        makers[icons_name(size)] = lambda size=size: icons_task(size=size)
     unknown = [n for n in names if n not in makers]
     if unknown:
         raise SystemExit(f"unknown task {unknown[0]!r}; known: {', '.join(makers)}")

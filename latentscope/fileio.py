@@ -62,9 +62,10 @@ def save_pretrained(model, folder: Path) -> None:
     """``model.save_pretrained(folder)`` with safetensors, then the usual permissions on what it wrote: its weights
     come out 0600, which other users of a shared model folder could not read."""
     model.save_pretrained(folder, safe_serialization=True)
+    mode = 0o666 & ~_umask()
     for written in Path(folder).iterdir():
         if written.is_file():
-            os.chmod(written, 0o666 & ~_umask())
+            os.chmod(written, mode)
 
 
 def _storage_error(path: Path, exc: OSError) -> StorageError:
