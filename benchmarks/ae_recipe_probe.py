@@ -29,26 +29,39 @@ p.add_argument("--cl", type=int, default=1); p.add_argument("--threads", type=in
 p.add_argument("--evals", type=int, default=4); p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--act", default="silu"); p.add_argument("--groups", type=int, default=8)
 p.add_argument("--sample", type=int, default=1); p.add_argument("--tag", default="")
+p.add_argument("--zeroinit", type=int, default=0, help="1: every ResNet block starts as the identity (as latentscope train)")
+p.add_argument("--anchor", type=float, default=0.0, help="share of the steps trained against the linear block code (as latentscope train)")
+p.add_argument("--store", default="ae_recipe_probes.jsonl", help="JSON-lines file under benchmarks/out")
+p.add_argument("--section", default="train-recipe", help="RESULTS.md section that --report writes")
 p.add_argument("--report", action="store_true", help="write the stored probes to RESULTS.md and stop")
 a = p.parse_args()
-STORE = Path(__file__).resolve().parent / "out" / "ae_recipe_probes.jsonl"
+STORE = Path(__file__).resolve().parent / "out" / a.store
+PREAMBLES = {
+    "train-recipe": ["### Autoencoder recipe probes (issue 3)", "",
+        "Each run used 1 torch thread; the runs shared the 2 cores with up to 10 other processes (load average 8-13), so ms/image is",
+        "inflated several times and only comparable between rows run together. A final value marked EMA is that of the weights' EMA (decay 0.995).",
+        "The colour rows of the Training (issue 3) section were measured before these probes (L1 + MSE loss, no channels-last).",
+        "None of these short runs comes near the issue's target (PCA + 3 dB); see the module doc of latentscope/training/plan.py."],
+    "train-warm-start": ["### Warm start of the autoencoder (issue 3)", "",
+        "Each run used 1 torch thread, two runs at a time on the 2 cores. zero-init: every ResNet block starts as the identity;",
+        "anchored: that share of the steps trains each half against the fixed linear block code (PCA of the 4 x 4 pixel blocks,",
+        "the latent layout's best linear code), then both jointly. `latentscope train` now does both, with a quarter of the steps anchored."],
+}
 if a.report:
     from benchmarks.results import machine_line, write_section
     rows = [json.loads(line) for line in STORE.read_text().splitlines() if line.strip()]
-    md = ["### Autoencoder recipe probes (issue 3)", "", f"Command: `python benchmarks/ae_recipe_probe.py ...` (one line per run), {machine_line()}.",
-          "Each run used 1 torch thread; the runs shared the 2 cores with up to 10 other processes (load average 8-13), so ms/image is",
-          "inflated several times and only comparable between rows run together. A final value marked EMA is that of the weights' EMA (decay 0.995).",
-          "The colour rows of the Training (issue 3) section were measured before these probes (L1 + MSE loss, no channels-last).",
-          "None of these short runs comes near the issue's target (PCA + 3 dB); see the module doc of latentscope/training/plan.py.", "",
-          "| tag | set | widths | latent | batch | peak lr | loss | norm groups | steps (images) | held-out PSNR along the run | final | PCA same code | margin | ms/image |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    head, _, *rest = PREAMBLES[a.section]
+    md = [head, "", f"Command: `python benchmarks/ae_recipe_probe.py ...` (one line per run, options in the table), {machine_line()}.", *rest, "",
+          "| tag | set | widths | latent | batch | peak lr | loss | norm groups | start | steps (images) | held-out PSNR along the run | final | PCA same code | margin | ms/image |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["args"]
         curve = ", ".join(f"{e['step']}: {e['psnr']:.2f}" for e in r["log"])
+        start = ", ".join(filter(None, ["zero-init" if g.get("zeroinit") else "", f"anchored {g['anchor']:.0%}" if g.get("anchor") else ""])) or "default"
         md.append(f"| {r['tag']} | {g['set']} {g['size']}px | {g['widths']} | {'x'.join(map(str, r['latent']))} | {g['bs']} | {g['lr']:g} | "
-                  f"{g['loss']} | {g['groups']} | {g['steps']} ({g['steps'] * g['bs']}) | {curve} | {r['final']:.2f}{' EMA' if g.get('ema') else ''} | {r['pca']:.2f} | "
+                  f"{g['loss']} | {g['groups']} | {start} | {g['steps']} ({g['steps'] * g['bs']}) | {curve} | {r['final']:.2f}{' EMA' if g.get('ema') else ''} | {r['pca']:.2f} | "
                   f"{r['margin']:+.2f} | {r['ms_per_img']:.0f} |")
-    write_section("train-recipe", "\n".join(md))
+    write_section(a.section, "\n".join(md))
     sys.exit(0)
 torch.set_num_threads(a.threads); torch.manual_seed(0)
 images, groups = load_set(a.set, a.size, 2000)
@@ -60,6 +73,7 @@ vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=widths, do
     up_block_types=("UpDecoderBlock2D",)*n, layers_per_block=a.lpb, latent_channels=a.C, norm_num_groups=a.groups,
     sample_size=a.size, mid_block_add_attention=False, act_fn=a.act)
 ae.start_with_small_variance(vae, a.C)
+if a.zeroinit: ae.start_with_identity_blocks(vae)
 if a.cl: vae = vae.to(memory_format=torch.channels_last)
 latent = (a.C, a.size // 2**(n-1), a.size // 2**(n-1)); code = int(np.prod(latent))
 opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=a.wd)
@@ -78,23 +92,30 @@ def evaluate(model):
         out.append(to_pixel_scale(model.decode(model.encode(x).latent_dist.mode()).sample))
     model.train(); return float(psnr(test_px, torch.cat(out)).mean())
 g = torch.Generator().manual_seed(0)
+anchored = None
+if a.anchor:  # the library's own step function: MSE, a posterior sample, flips
+    assert a.loss == "mse" and a.sample and a.flip, "--anchor uses latentscope's step: --loss mse, --sample 1, --flip 1"
+    anchored = ae.make_step(vae, train_px, a.kl, anchor=ae.BlockPCA.fit(train_px, 2 ** (n - 1), a.C), anchor_steps=round(a.anchor * a.steps))
 per_epoch = len(tr) // a.bs
 t0 = time.perf_counter(); ttrain = 0.0; log = []
 for s in range(a.steps):
     t1 = time.perf_counter()
     if s % per_epoch == 0: order = torch.randperm(len(tr), generator=g)
     b = s % per_epoch
-    x = ae.to_model_range(train_px[order[b*a.bs:(b+1)*a.bs]])
-    if a.flip: x = ae.random_flip(x, g)
-    if a.cl: x = x.contiguous(memory_format=torch.channels_last)
     for gr in opt.param_groups: gr["lr"] = lr_at(s)
-    post = vae.encode(x).latent_dist
-    z = post.mean + post.std * torch.randn(post.mean.shape, generator=g) if a.sample else post.mean
-    r = vae.decode(z).sample
-    if a.loss == "l1mse": rec = F.l1_loss(r, x) + F.mse_loss(r, x)
-    elif a.loss == "mse": rec = F.mse_loss(r, x)
-    elif a.loss == "l1": rec = F.l1_loss(r, x)
-    loss = rec + a.kl * post.kl().mean() / post.mean[0].numel()
+    if anchored is not None:
+        loss = anchored(order[b*a.bs:(b+1)*a.bs], g, s)
+    else:
+        x = ae.to_model_range(train_px[order[b*a.bs:(b+1)*a.bs]])
+        if a.flip: x = ae.random_flip(x, g)
+        if a.cl: x = x.contiguous(memory_format=torch.channels_last)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g) if a.sample else post.mean
+        r = vae.decode(z).sample
+        if a.loss == "l1mse": rec = F.l1_loss(r, x) + F.mse_loss(r, x)
+        elif a.loss == "mse": rec = F.mse_loss(r, x)
+        elif a.loss == "l1": rec = F.l1_loss(r, x)
+        loss = rec + a.kl * post.kl().mean() / post.mean[0].numel()
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     if ema is not None:
         d = min(a.ema, (1 + s) / (10 + s))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ from latentscope.anomaly.reconstruct import LevelErrors, Reconstructor  # noqa: 
 from latentscope.anomaly.stage import build_method  # noqa: E402
 from latentscope.codec import Codec  # noqa: E402
 from latentscope.denoiser import Denoiser  # noqa: E402
+from latentscope.training import RECIPE_VERSION  # noqa: E402
 
 log = logging.getLogger("bench_anomaly")
 
@@ -45,6 +47,14 @@ SEED = 0
 
 
 # --------------------------------------------------------------------------- data
+
+
+def weights_digest(model: Path) -> str:
+    """Changes whenever the model is retrained, so errors cached for an earlier model are never reused."""
+    digest = hashlib.sha256()
+    for weights in sorted(model.glob("*/*.safetensors")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class Prepared:
@@ -73,7 +83,7 @@ class Prepared:
         ids = np.arange(len(self.pool.pixels)) + len(task.train)  # pool ids never collide with training ids
         self.test = Batch(self.pool.pixels, self.codec.encode_pixels(self.pool.pixels), ids)
         digest = hashlib.sha256(self.pool.pixels.tobytes() + ref_rows.tobytes()).hexdigest()[:12]
-        self.key = f"{task.name}-{digest}"
+        self.key = f"{task.name}-{digest}-model{weights_digest(task.model)}"
 
     def errors(self, split: str, level: float, steps: int, draws: int, seconds: dict | None = None) -> LevelErrors:
         """Cached reconstruction errors of one level for ``split`` (``reference`` or ``test``)."""
@@ -193,9 +203,13 @@ def throughput(task: Task, count: int, batch_size: int = 32) -> dict:
 
 def training_text(task: Task) -> str:
     epochs = task.training.get("epochs")
-    if epochs is None:
-        return "the automatic plan"
-    return f"{epochs} autoencoder and {task.training['denoiser_epochs']} denoiser epochs"
+    length = "the automatic plan" if epochs is None else f"{epochs} autoencoder and {task.training['denoiser_epochs']} denoiser epochs"
+    return f"{length}, training recipe {recipe_of(task.model)}"
+
+
+def recipe_of(model: Path) -> int:
+    """The recipe version a cached model was trained with (``latentscope.training.RECIPE_VERSION`` then)."""
+    return json.loads((model / "training.json").read_text())["identity"]["recipe"]
 
 
 def fmt(value) -> str:
@@ -276,7 +290,9 @@ def render(rows, described, sweeps, ablation, all_maps, kinds, speed, methods, q
     lines += ["Data: " + "; ".join(described) + ". Semantic cases: one held-out class against the unseen normal images "
               "(mean over the task's classes); defects: the normal test images against copies with one synthetic "
               "defect each (blob, scratch, blur, colour shift, noise patch, in turn). Every model comes from "
-              "`latentscope.train` on the task's normal training split only; baselines fit on the same split.", "",
+              "`latentscope.train` on the task's normal training split only; baselines fit on the same split. "
+              f"Models are trained once and cached; the current training recipe is {RECIPE_VERSION} "
+              "(recipe 5 added the autoencoder's warm start).", "",
               f"Default diffusion score: levels {list(DEFAULT_LEVELS)}, {DEFAULT_STEPS} DDIM steps, {DEFAULT_DRAWS} draws, "
               "terms `local` (top 1% of the heatmap, each image's error maps z-scored against those of its 16 nearest "
               "reference images by the denoiser's features), `content` (kNN distance of the denoiser's bottleneck "

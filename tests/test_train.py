@@ -65,6 +65,9 @@ def test_output_folder_layout_and_card(tiny_model):
     card = (out / "README.md").read_text()
     train_count = result.record["data"]["train"]
     assert "## Command" in card and f"{result.psnr:.2f} dB" in card and f"{train_count} images of 16x16" in card
+    ae = result.record["autoencoder"]
+    assert ae["warm_start_steps"] == round(0.25 * ae["steps"]) > 0  # a quarter of the 60 steps
+    assert f"{ae['warm_start_steps']} warm-start steps with each half fitted to a linear block code" in card
 
 
 def test_saved_model_loads_through_model_option(tiny_model, tmp_path):
@@ -193,6 +196,7 @@ def test_half_size_stage_comes_first_and_resumes_to_the_same_model(tmp_path):
     ae = reference.record["autoencoder"]
     assert ae["coarse"]["epochs_run"] == 3 and len(ae["history"]) == 2
     assert ae["seconds"] > ae["coarse"]["seconds"] > 0
+    assert ae["coarse"]["warm_start_steps"] == round(0.25 * ae["coarse"]["steps"])
     assert "3 epochs at 16 x 16 (halved images), then 2 epochs" in (tmp_path / "reference" / "README.md").read_text()
     # a hard kill after the half-size stage (no full-size checkpoint yet) and a Ctrl-C inside it both resume exactly
     killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
@@ -208,6 +212,71 @@ def test_half_size_stage_comes_first_and_resumes_to_the_same_model(tmp_path):
         got = _weights(out, "vae")
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{out.name}: {key}")
+
+
+def test_block_pca_is_the_best_linear_code_of_the_latent_layout():
+    from sklearn.decomposition import PCA
+
+    from latentscope.training.autoencoder import BlockPCA, pixels_tensor, to_model_range
+
+    pixels = pixels_tensor(shapes_array(12))
+    images = to_model_range(pixels).contiguous()
+    blocks = torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2).reshape(-1, 48).numpy()
+    expected_blocks = PCA(4).fit(blocks).inverse_transform(PCA(4).fit(blocks).transform(blocks))
+    code = BlockPCA.fit(pixels, factor=4, channels=4)
+    latents = code.encode(images)
+    assert latents.shape == (12, 4, 4, 4)
+    got_blocks = torch.nn.functional.unfold(code.decode(latents), 4, stride=4).transpose(1, 2).reshape(-1, 48).numpy()
+    np.testing.assert_allclose(got_blocks, expected_blocks, atol=1e-4)
+    wide = BlockPCA.fit(pixels, factor=2, channels=16)  # more channels than a 2 x 2 block has values: lossless
+    torch.testing.assert_close(wide.decode(wide.encode(images)), images, atol=1e-4, rtol=0)
+    assert torch.count_nonzero(wide.weight[12:]) == 0
+
+
+def test_first_steps_fit_each_half_to_the_linear_code_then_both_jointly():
+    import torch.nn.functional as F
+
+    from latentscope.training import autoencoder as ae
+
+    plan = make_plan((16, 16), 8, width=8)
+    vae = ae.build_autoencoder(plan)
+    pixels = ae.pixels_tensor(shapes_array(8))
+    code = ae.BlockPCA.fit(pixels, plan.downscale, plan.latent_channels)
+    step = ae.make_step(vae, pixels, anchor=code, anchor_steps=3)
+    indices = torch.arange(4)
+
+    def batch(seed):
+        images = ae.random_flip(ae.to_model_range(pixels[indices]), torch.Generator().manual_seed(seed))
+        posterior = vae.encode(images).latent_dist
+        return images, posterior, ae.KL_WEIGHT * posterior.kl().mean() / posterior.mean[0].numel()
+
+    with torch.no_grad():
+        images, posterior, kl = batch(1)
+        anchored = F.mse_loss(code.decode(posterior.mean), images) + F.mse_loss(vae.decode(code.encode(images)).sample, images)
+        torch.testing.assert_close(step(indices, torch.Generator().manual_seed(1), 2), anchored + kl)
+        joint = step(indices, torch.Generator().manual_seed(1), 3)
+        assert not torch.allclose(joint, anchored + kl)
+        mean_only = F.mse_loss(vae.decode(posterior.mean).sample, images) + kl  # joint, with the (small) posterior noise
+        assert float(joint) == pytest.approx(float(mean_only), rel=0.05)
+
+
+def test_epochs_of_a_warm_start_never_stop_a_phase_early(tmp_path):
+    from latentscope.training.loop import Phase
+
+    model = torch.nn.Linear(2, 1)
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])  # worse every epoch
+
+    def run(warm_start_steps):
+        phase = Phase("toy", model, 8, lambda indices, generator, number: model(torch.ones(len(indices), 2)).pow(2).mean(),
+                      lambda: {"score": next(scores)}, epochs=6, batch_size=4, learning_rate=1e-3, seed=0,
+                      checkpoint=tmp_path / f"toy{warm_start_steps}.safetensors", identity={}, monitor="score", patience=1,
+                      warm_start_steps=warm_start_steps, progress=False)
+        return phase.run()
+
+    assert run(0).epochs_run == 2  # the second epoch was worse: stop
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    result = run(6)  # the first 3 epochs (2 steps each) are the warm start
+    assert result.epochs_run == 4 and result.stopped_early and result.warm_start_steps == 6
 
 
 def test_load_images_from_folder_skips_bad_files(tmp_path):

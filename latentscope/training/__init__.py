@@ -42,12 +42,12 @@ from .plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "TrainResult", "make_plan", "load_images"]
+__all__ = ["train", "TrainResult", "make_plan", "load_images", "anchored_step"]
 
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
 REMOVED_CHECKPOINTS = ".checkpoints.removed"
-RECIPE_VERSION = 4  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
+RECIPE_VERSION = 5  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
 
 
 @dataclass
@@ -248,11 +248,14 @@ def _autoencoder_phase(plan: Plan, train_pixels, val_pixels, identity, checkpoin
                    patience=patience, checkpoint_seconds=checkpoint_seconds, progress=progress, callback=callback)
     coarse = _coarse_stage(plan, vae, train_pixels, val_pixels, checkpoints, device, options)
     val_device = val_pixels.to(device)
+    if coarse:  # the half-size stage was the warm start
+        step, warm_start = ae_phase.make_step(vae, train_pixels, device=device), 0
+    else:
+        step, warm_start = anchored_step(plan, vae, train_pixels, plan.epochs, device)
     phase = Phase(
-        "autoencoder", vae, len(train_pixels), ae_phase.make_step(vae, train_pixels, device=device),
-        lambda: ae_phase.evaluate(vae, val_device), epochs=plan.epochs,
+        "autoencoder", vae, len(train_pixels), step, lambda: ae_phase.evaluate(vae, val_device), epochs=plan.epochs,
         learning_rate=plan.learning_rate * (ae_phase.FINE_AFTER_COARSE_LR if coarse else 1.0),
-        checkpoint=checkpoints / "autoencoder.safetensors", **options,
+        checkpoint=checkpoints / "autoencoder.safetensors", warm_start_steps=warm_start, **options,
     )
     result = phase.run()
     phase.restore_best()
@@ -278,10 +281,11 @@ def _coarse_stage(plan: Plan, vae, train_pixels, val_pixels, checkpoints: Path, 
         vae.load_state_dict(load_file(str(weights)))
         return PhaseResult(**done["result"])
     small_train, small_val = ae_phase.halve(train_pixels), ae_phase.halve(val_pixels).to(device)
+    step, warm_start = anchored_step(plan, vae, small_train, plan.coarse_epochs, device)
     phase = Phase(
-        "autoencoder-coarse", vae, len(small_train), ae_phase.make_step(vae, small_train, device=device),
-        lambda: ae_phase.evaluate(vae, small_val), epochs=plan.coarse_epochs, learning_rate=plan.learning_rate,
-        checkpoint=checkpoints / "autoencoder-coarse.safetensors", **options,
+        "autoencoder-coarse", vae, len(small_train), step, lambda: ae_phase.evaluate(vae, small_val),
+        epochs=plan.coarse_epochs, learning_rate=plan.learning_rate,
+        checkpoint=checkpoints / "autoencoder-coarse.safetensors", warm_start_steps=warm_start, **options,
     )
     result = phase.run()
     phase.restore_best()
@@ -289,6 +293,15 @@ def _coarse_stage(plan: Plan, vae, train_pixels, val_pixels, checkpoints: Path, 
         save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
     write_json(checkpoints / "autoencoder-coarse.done.json", {"identity": options["identity"], "result": dataclasses.asdict(result)})
     return result
+
+
+def anchored_step(plan: Plan, vae, pixels: torch.Tensor, epochs: int, device):
+    """The step function of the autoencoder's first stage, whose first ``ANCHOR_SHARE`` of steps train
+    each half against the best linear code of ``pixels`` (see ``autoencoder.make_step``), and that count."""
+    batches = len(pixels) // min(plan.batch_size, len(pixels))
+    anchor_steps = int(round(ae_phase.ANCHOR_SHARE * batches * epochs))
+    anchor = ae_phase.BlockPCA.fit(pixels, plan.downscale, plan.latent_channels)
+    return ae_phase.make_step(vae, pixels, device=device, anchor=anchor, anchor_steps=anchor_steps), anchor_steps
 
 
 def _denoiser_phase(plan: Plan, vae, train_pixels, val_pixels, identity, checkpoints, device, seed, patience,

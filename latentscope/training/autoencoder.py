@@ -18,6 +18,8 @@ EVAL_BATCH = 128
 INITIAL_LOGVAR = -8.0
 NORM_GROUPS = 8
 FINE_AFTER_COARSE_LR = 0.5  # peak learning rate at full size after the half-size stage, relative to the plan's
+ANCHOR_SHARE = 0.25  # of the first stage's steps, with each half trained against the best linear code (see make_step)
+ANCHOR_FIT_IMAGES = 2048  # images whose blocks fit that linear code (a sample is as good as all of them)
 
 
 def build_autoencoder(plan: Plan):
@@ -38,6 +40,7 @@ def build_autoencoder(plan: Plan):
         scaling_factor=1.0,
     )
     start_with_small_variance(vae, plan.latent_channels)
+    start_with_identity_blocks(vae)
     # channels-last convolutions run about 1.3x faster on CPU at these widths (oneDNN); weights save as usual
     return vae.to(memory_format=torch.channels_last)
 
@@ -53,6 +56,69 @@ def start_with_small_variance(vae, channels: int, logvar: float = INITIAL_LOGVAR
     """
     vae.quant_conv.weight[channels:].zero_()
     vae.quant_conv.bias[channels:].fill_(logvar)
+
+
+@torch.no_grad()
+def start_with_identity_blocks(vae) -> None:
+    """Zero the last convolution of every ResNet block, so each block starts as the identity.
+
+    The network then starts as a short chain of convolutions and learns the residual
+    branches from there ("zero-init residual"; benchmarks/RESULTS.md, warm-start probes).
+    """
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for block in (m for m in vae.modules() if isinstance(m, ResnetBlock2D)):
+        block.conv2.weight.zero_()
+        block.conv2.bias.zero_()
+
+
+class BlockPCA(torch.nn.Module):
+    """The best linear code with the autoencoder's latent layout: each ``factor`` x ``factor`` block of
+    pixels (model range) maps to ``channels`` values, the block's first principal components.
+
+    Trained from scratch, the encoder and decoder must first agree on a code, and that is slow:
+    on held-out photo patches at 32 px this linear code keeps 31.1 dB, where the autoencoder trained
+    from scratch had 24.0 dB after 12,000 images. Each half alone, trained against this fixed code,
+    learns quickly, so training starts that way (see :func:`make_step`).
+    """
+
+    def __init__(self, components: torch.Tensor, mean: torch.Tensor, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("weight", components.reshape(len(components), 3, factor, factor).float())
+        self.register_buffer("mean", mean.reshape(3, factor, factor).float())
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, pixels: torch.Tensor, factor: int, channels: int, chunk: int = 64) -> "BlockPCA":
+        """Fit on uint8 N x 3 x H x W images (at most ``ANCHOR_FIT_IMAGES``, evenly spaced)."""
+        step = max(1, len(pixels) // ANCHOR_FIT_IMAGES)
+        sample = pixels[::step][:ANCHOR_FIT_IMAGES]
+        dims = 3 * factor * factor
+        total, outer, count = torch.zeros(dims, dtype=torch.float64), torch.zeros(dims, dims, dtype=torch.float64), 0
+        for start in range(0, len(sample), chunk):
+            images = sample[start : start + chunk].float().div_(127.5).sub_(1.0)
+            blocks = F.unfold(images, factor, stride=factor).transpose(1, 2).reshape(-1, dims).double()
+            total += blocks.sum(0)
+            outer += blocks.T @ blocks
+            count += len(blocks)
+        mean = total / count
+        covariance = outer / count - torch.outer(mean, mean)
+        _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+        components = vectors.flip(1).T[:channels]
+        if len(components) < channels:  # more latent channels than block values: the rest start at zero
+            components = torch.cat([components, components.new_zeros(channels - len(components), dims)])
+        return cls(components, mean, factor)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(images - self.mean.repeat(1, *self._blocks(images)), self.weight, stride=self.factor)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        images = F.conv_transpose2d(codes, self.weight, stride=self.factor)
+        return images + self.mean.repeat(1, *self._blocks(images))
+
+    def _blocks(self, images: torch.Tensor) -> tuple[int, int]:
+        return images.shape[-2] // self.factor, images.shape[-1] // self.factor
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -82,17 +148,31 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
     return F.mse_loss(reconstruction, target)
 
 
-def make_step(vae, pixels: torch.Tensor, kl_weight: float = KL_WEIGHT, device: torch.device | str = "cpu"):
-    """The loss of one batch: images picked by index, flipped at random, encoded with a posterior sample, decoded."""
+def make_step(vae, pixels: torch.Tensor, kl_weight: float = KL_WEIGHT, device: torch.device | str = "cpu",
+              anchor: BlockPCA | None = None, anchor_steps: int = 0):
+    """The loss of one batch: images picked by index, flipped at random, encoded with a posterior sample, decoded.
 
-    def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    For the first ``anchor_steps`` steps each half trains against the fixed linear code ``anchor``
+    instead: the encoder's means through the linear decoder, the decoder from the linear codes.
+    Then the two halves already agree closely and train jointly from there. With this and
+    :func:`start_with_identity_blocks`, the automatic plan's held-out PSNR went from 28.9 to 31.7 dB on
+    photo patches at 32 px and from 27.3 to 31.6 dB at 64 px, on icons from 25.5 to 26.3 dB (32 px) and
+    28.9 to 30.7 dB (64 px), in the same time (benchmarks/RESULTS.md). Anchoring half of the steps
+    instead of a quarter cost the icons 1 dB.
+    """
+    anchor = anchor.to(device) if anchor is not None else None
+
+    def step(indices: torch.Tensor, generator: torch.Generator, number: int) -> torch.Tensor:
         images = random_flip(to_model_range(pixels[indices]), generator).to(device, non_blocking=True)
         posterior = vae.encode(images).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
-        latent = posterior.mean + posterior.std * noise
-        reconstruction = vae.decode(latent).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        return reconstruction_loss(reconstruction, images) + kl_weight * kl
+        kl = kl_weight * posterior.kl().mean() / posterior.mean[0].numel()
+        if anchor is not None and number < anchor_steps:
+            encoder_loss = reconstruction_loss(anchor.decode(posterior.mean), images)
+            decoder_loss = reconstruction_loss(vae.decode(anchor.encode(images)).sample, images)
+            return encoder_loss + decoder_loss + kl
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        return reconstruction_loss(reconstruction, images) + kl
 
     return step
 

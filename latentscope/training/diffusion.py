@@ -72,7 +72,7 @@ class DiffusionLoss:
 
 
 def make_step(loss: DiffusionLoss, latents: torch.Tensor):
-    def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def step(indices: torch.Tensor, generator: torch.Generator, number: int) -> torch.Tensor:
         batch = latents[indices]
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (len(batch),), generator=generator)
         noise = torch.randn(batch.shape, generator=generator)

@@ -89,14 +89,17 @@ class PhaseResult:
     train_seconds: float = 0.0  # optimizer steps only (no validation or checkpoints)
     examples: int = 0
     coarse: dict | None = None  # the autoencoder's half-size stage, counted in the totals above
+    warm_start_steps: int = 0
 
 
 class Phase:
     """One optimisation phase with resumable checkpoints, validation per epoch and early stopping.
 
-    ``step_fn(indices, generator) -> loss tensor`` computes the loss of one batch;
+    ``step_fn(indices, generator, step) -> loss tensor`` computes the loss of one batch;
     ``validate() -> dict`` returns metrics (``monitor`` names the one to watch,
-    ``mode`` says whether higher or lower is better).
+    ``mode`` says whether higher or lower is better). When ``step_fn`` computes a warm-start
+    objective in its first ``warm_start_steps`` steps, epochs that end within them never count
+    towards an early stop.
     """
 
     def __init__(
@@ -104,7 +107,7 @@ class Phase:
         name: str,
         model: torch.nn.Module,
         count: int,
-        step_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        step_fn: Callable[[torch.Tensor, torch.Generator, int], torch.Tensor],
         validate: Callable[[], dict],
         *,
         epochs: int,
@@ -116,6 +119,7 @@ class Phase:
         monitor: str,
         mode: str = "max",
         patience: int = 5,
+        warm_start_steps: int = 0,
         ema_decay: float | None = None,
         weight_decay: float = 0.0,
         checkpoint_seconds: float = 60.0,
@@ -126,7 +130,7 @@ class Phase:
         self.step_fn, self.validate = step_fn, validate
         self.epochs, self.batch_size, self.peak_lr, self.seed = epochs, min(batch_size, count), learning_rate, seed
         self.checkpoint, self.identity = Path(checkpoint), identity
-        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.monitor, self.mode, self.patience, self.warm_start_steps = monitor, mode, patience, warm_start_steps
         self.checkpoint_seconds, self.progress, self.callback = checkpoint_seconds, progress, callback
         self.steps_per_epoch = count // self.batch_size  # the ragged tail is dropped: every step sees a full batch
         self.total_steps = self.steps_per_epoch * epochs
@@ -242,7 +246,8 @@ class Phase:
                     self.epoch_loss += loss
                     smoothed = loss if smoothed is None else 0.95 * smoothed + 0.05 * loss
                     bar.update(1)
-                    bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs} loss {smoothed:.4f}", refresh=False)
+                    stage = " (warm start)" if self.step <= self.warm_start_steps else ""
+                    bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs} loss {smoothed:.4f}{stage}", refresh=False)
                     if self.callback:
                         self.callback(self.name, self.step)
                     last_of_epoch = b == self.steps_per_epoch - 1  # the epoch-end checkpoint follows, with its record
@@ -268,7 +273,7 @@ class Phase:
         started = time.perf_counter()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.step, self.total_steps, self.peak_lr)
-        loss = self.step_fn(indices, generator_for(self.seed, self.name, "step", self.step))
+        loss = self.step_fn(indices, generator_for(self.seed, self.name, "step", self.step), self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -290,7 +295,7 @@ class Phase:
         if better:
             self.best = {"epoch": epoch + 1, "value": value, "state": {k: v.detach().clone() for k, v in weights.items()}}
             self.bad_epochs = 0
-        else:
+        elif self.step > self.warm_start_steps:
             self.bad_epochs += 1
         self.elapsed += time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": self.step, "lr": learning_rate_at(self.step - 1, self.total_steps, self.peak_lr),
@@ -333,4 +338,5 @@ class Phase:
             epochs_run=len(self.history), steps=self.step, stopped_early=stopped,
             best_epoch=self.best["epoch"] if self.best else 0, history=self.history,
             seconds=self.elapsed, train_seconds=self.train_elapsed, examples=self.step * self.batch_size,
+            warm_start_steps=min(self.warm_start_steps, self.step),
         )

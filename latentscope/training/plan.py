@@ -14,6 +14,11 @@ end of the cosine schedule. The denoiser is a small UNet over the scaled latents
 schedule and v-prediction; it trains for the same time at every image size (about 5 minutes on 2 CPU cores: the
 time of ``DENOISER_LATENTS_SEEN`` latents of 4 x 8 x 8, by measured step times per latent size and width).
 
+Warm start (``autoencoder.make_step``): every ResNet block starts as the identity, and for the first quarter
+of the first stage's steps the encoder and the decoder each train against the fixed best linear code of the
+latent layout (PCA of the pixel blocks) before they train jointly; in the same time this raised held-out
+photo patches from 28.9 to 31.7 dB at 32 px (PCA of the same code size: 31.9 dB).
+
 Coarse to fine: the autoencoder is convolutional, so from 64 px up it first trains on the images halved in
 size (2 x 2 averages), where an image costs a third as much, then on the images themselves; 70 % of its
 time goes to the half-size images (``COARSE_SHARE``), the rest to at least one pass at full size. Held-out
