@@ -67,7 +67,7 @@ def test_output_folder_layout_and_card(tiny_model):
     assert "## Command" in card and f"{result.psnr:.2f} dB" in card and f"{train_count} images of 16x16" in card
     ae = result.record["autoencoder"]
     assert ae["warm_start_steps"] == round(0.25 * ae["steps"]) > 0  # a quarter of the 60 steps
-    assert f"{ae['warm_start_steps']} warm-start steps with each half fitted to a linear block code" in card
+    assert f"warm start: the first {ae['warm_start_steps']} steps fit each half to a linear block code" in card
 
 
 def test_saved_model_loads_through_model_option(tiny_model, tmp_path):
@@ -197,7 +197,9 @@ def test_half_size_stage_comes_first_and_resumes_to_the_same_model(tmp_path):
     assert ae["coarse"]["epochs_run"] == 3 and len(ae["history"]) == 2
     assert ae["seconds"] > ae["coarse"]["seconds"] > 0
     assert ae["coarse"]["warm_start_steps"] == round(0.25 * ae["coarse"]["steps"])
-    assert "3 epochs at 16 x 16 (halved images), then 2 epochs" in (tmp_path / "reference" / "README.md").read_text()
+    card = (tmp_path / "reference" / "README.md").read_text()
+    assert "3 epochs at 16 x 16 (halved images), then 2 epochs" in card
+    assert f"warm start: the first {ae['coarse']['warm_start_steps']} steps of the halved images fit each half" in card
     # a hard kill after the half-size stage (no full-size checkpoint yet) and a Ctrl-C inside it both resume exactly
     killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):

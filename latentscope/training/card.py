@@ -42,7 +42,7 @@ def render_card(record: dict) -> str:
         f"| image size | {data['size'][0]} x {data['size'][1]} |",
         f"| latent shape | {' x '.join(str(v) for v in plan['latent_shape'])} (downscale {plan['downscale']}) |",
         f"| autoencoder widths | {', '.join(str(w) for w in plan['widths'])} |",
-        f"| autoencoder training | {_warm_start_text(ae)}{_coarse_text(ae, data)}{ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, {record.get('loss', 'L1 + MSE')} + {record['kl_weight']:g} KL |",
+        f"| autoencoder training | {_coarse_text(ae, data)}{ae['epochs_run']} epochs (best {ae['best_epoch']}), batch {plan['batch_size']}, peak lr {plan['learning_rate']:g}, {record.get('loss', 'L1 + MSE')} + {record['kl_weight']:g} KL{_warm_start_text(ae)} |",
     ]
     if dn:
         lines += [
@@ -89,7 +89,8 @@ def write_card(path, record: dict) -> None:
 
 def _warm_start_text(ae: dict) -> str:
     steps = (ae.get("coarse") or ae).get("warm_start_steps", 0)
-    return f"{steps} warm-start steps with each half fitted to a linear block code (PCA), then " if steps else ""
+    where = " of the halved images" if ae.get("coarse") else ""
+    return f"; warm start: the first {steps} steps{where} fit each half to a linear block code (PCA)" if steps else ""
 
 
 def _coarse_text(ae: dict, data: dict) -> str:
