@@ -92,8 +92,7 @@ class BlockPCA(torch.nn.Module):
     @torch.no_grad()
     def fit(cls, pixels: torch.Tensor, factor: int, channels: int, chunk: int = 64) -> "BlockPCA":
         """Fit on uint8 N x 3 x H x W images (at most ``ANCHOR_FIT_IMAGES``, evenly spaced)."""
-        step = max(1, len(pixels) // ANCHOR_FIT_IMAGES)
-        sample = pixels[::step][:ANCHOR_FIT_IMAGES]
+        sample = pixels[torch.linspace(0, len(pixels) - 1, min(len(pixels), ANCHOR_FIT_IMAGES)).round().long()]
         dims = 3 * factor * factor
         total, outer, count = torch.zeros(dims, dtype=torch.float64), torch.zeros(dims, dims, dtype=torch.float64), 0
         for start in range(0, len(sample), chunk):
