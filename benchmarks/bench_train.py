@@ -4,7 +4,8 @@
     python benchmarks/bench_train.py --only digits   # the shipped demo model: PSNR, sample quality, time
     python benchmarks/bench_train.py --only colour   # colour sets at 32 and 64 px: autoencoder vs PCA
     python benchmarks/bench_train.py --only speed    # training-loop throughput vs a bare forward + backward
-    python benchmarks/bench_train.py --quick         # tiny versions of all three, for a smoke test
+    python benchmarks/bench_train.py --only costs    # measured step time per image by size vs the plan's table
+    python benchmarks/bench_train.py --quick         # tiny versions of each part, for a smoke test
 
 Timings on a shared machine are noisy; the throughput figure is a ratio measured
 within one run (the two loops interleaved), which noise affects far less.
@@ -32,7 +33,8 @@ from latentscope.datasets import digits_array  # noqa: E402
 from latentscope.denoiser import Denoiser  # noqa: E402
 from latentscope.training import autoencoder as ae_phase  # noqa: E402
 from latentscope.training import RECIPE_VERSION, anchored_step, make_plan, train  # noqa: E402
-from latentscope.training.plan import AE_IMAGES_SEEN, COARSE_SHARE  # noqa: E402
+from latentscope.training import diffusion  # noqa: E402
+from latentscope.training.plan import AE_IMAGES_SEEN, COARSE_SHARE, DENOISER_STEP_MS_BY_POSITIONS, STEP_MS_BY_PIXELS  # noqa: E402
 from latentscope.training.loop import Phase, make_optimizer  # noqa: E402
 from latentscope.training.metrics import psnr  # noqa: E402
 
@@ -150,6 +152,27 @@ def bench_speed(size: int = 32, count: int = 640, rounds: int = 3, epochs: int =
             "steps": result.steps, "batch": plan.batch_size, "size": size, "threads": torch.get_num_threads()}
 
 
+def bench_step_costs(steps: int = 150, rounds: int = 3) -> dict:
+    """ms per image of a bare training step at each size of the plan's cost table (width 16, batch 8), the median
+    of ``rounds``, so the table and the plan's time budget can be checked against this machine."""
+    rows = []
+    for pixels, planned in STEP_MS_BY_PIXELS:
+        side = int(round(pixels**0.5))
+        plan = make_plan((side, side), 1000, downscale=4, width=16)
+        _bare_images_per_second(plan, 5, 0)  # warm-up: first calls allocate
+        rates = [_bare_images_per_second(plan, steps, r) for r in range(rounds)]
+        rows.append({"side": side, "ms": 1000 / float(np.median(rates)), "planned_ms": planned})
+    denoiser_rows = []
+    for positions, planned in DENOISER_STEP_MS_BY_POSITIONS:
+        side = int(round(positions**0.5))
+        plan = make_plan((4 * side, 4 * side), 1000, downscale=4, width=16)
+        _bare_latents_per_second(plan, 3, 0)
+        rates = [_bare_latents_per_second(plan, max(10, steps // 4), r) for r in range(rounds)]
+        denoiser_rows.append({"side": side, "ms": 1000 / float(np.median(rates)), "planned_ms": planned})
+    return {"rows": rows, "denoiser_rows": denoiser_rows, "steps": steps, "rounds": rounds,
+            "threads": torch.get_num_threads()}
+
+
 def _bare_images_per_second(plan, steps: int, seed: int) -> float:
     torch.manual_seed(seed)
     vae = ae_phase.build_autoencoder(plan).train()
@@ -163,6 +186,21 @@ def _bare_images_per_second(plan, steps: int, seed: int) -> float:
         loss.backward()
         optimizer.step()
     return steps * plan.batch_size / (time.perf_counter() - started)
+
+
+def _bare_latents_per_second(plan, steps: int, seed: int) -> float:
+    torch.manual_seed(seed)
+    unet = diffusion.build_unet(plan.latent_shape, plan.denoiser_widths).train()
+    loss = diffusion.DiffusionLoss(unet, diffusion.build_scheduler())
+    optimizer = make_optimizer(unet, plan.denoiser_learning_rate, 0.0)
+    step = diffusion.make_step(loss, torch.randn(plan.denoiser_batch_size, *plan.latent_shape))
+    indices, generator = torch.arange(plan.denoiser_batch_size), torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for number in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        step(indices, generator, number).backward()
+        optimizer.step()
+    return steps * plan.denoiser_batch_size / (time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- report
@@ -226,18 +264,47 @@ def render(results: dict, command: str) -> str:
             f"ours {s['ours']:.1f}, bare {s['bare']:.1f} images/s).",
             "",
         ]
+    if "costs" in results:
+        c = results["costs"]
+        lines += [
+            "### Step time per image (the plan's cost table)",
+            "",
+            f"A bare forward + backward + optimizer step, width 16, batch 8, {c['threads']} threads, median of {c['rounds']} "
+            f"rounds of {c['steps']} steps, against the table the plan divides its time budget with (`STEP_MS_BY_PIXELS`).",
+            "",
+            "| image side | measured ms / image | plan's table | relative to 32 px: measured / table |",
+            "|---|---|---|---|",
+        ]
+        base = {r["side"]: r for r in c["rows"]}[32]
+        for r in c["rows"]:
+            lines.append(f"| {r['side']} px | {r['ms']:.2f} | {r['planned_ms']:.2f} | "
+                         f"{r['ms'] / base['ms']:.2f} / {r['planned_ms'] / base['planned_ms']:.2f} |")
+        if c.get("denoiser_rows"):
+            lines += [
+                "",
+                "The denoiser's table (`DENOISER_STEP_MS_BY_POSITIONS`): ms per latent of a bare step, base width 16, "
+                "batch 32, the same rounds (a quarter of the steps each).",
+                "",
+                "| latent side | measured ms / latent | plan's table | relative to 8 x 8: measured / table |",
+                "|---|---|---|---|",
+            ]
+            first = c["denoiser_rows"][0]
+            for r in c["denoiser_rows"]:
+                lines.append(f"| {r['side']} | {r['ms']:.2f} | {r['planned_ms']:.2f} | "
+                             f"{r['ms'] / first['ms']:.2f} / {r['planned_ms'] / first['planned_ms']:.2f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("digits", "colour", "speed"), action="append")
+    parser.add_argument("--only", choices=("digits", "colour", "speed", "costs"), action="append")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test); RESULTS.md is not written")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--sets", nargs="+", default=["icons", "photos"])
     parser.add_argument("--epochs", type=int, help="autoencoder epochs for the colour sets (default: the automatic plan)")
     args = parser.parse_args()
-    parts = args.only or ["digits", "colour", "speed"]
+    parts = args.only or ["digits", "colour", "speed", "costs"]
     results: dict = {}
     if "digits" in parts:
         results["digits"] = bench_digits(samples=8 if args.quick else 64, steps=5 if args.quick else 50)
@@ -251,6 +318,9 @@ def main() -> None:
     if "speed" in parts:
         results["speed"] = bench_speed(count=128 if args.quick else 640, rounds=1 if args.quick else 3, epochs=1 if args.quick else 2)
         print(json.dumps(results["speed"]), flush=True)
+    if "costs" in parts:
+        results["costs"] = bench_step_costs(steps=10 if args.quick else 150, rounds=1 if args.quick else 3)
+        print(json.dumps(results["costs"]), flush=True)
     if not args.quick:
         stored = json.loads(STORE.read_text()) if STORE.exists() else {}
         colour = {(c["set"], c["size"]): c for c in stored.get("colour", []) + results.pop("colour", [])}

@@ -16,13 +16,15 @@ time of ``DENOISER_LATENTS_SEEN`` latents of 4 x 8 x 8, by measured step times p
 
 Warm start (``autoencoder.make_step``): every ResNet block starts as the identity, and for the first quarter
 of the first stage's steps the encoder and the decoder each train against the fixed best linear code of the
-latent layout (PCA of the pixel blocks) before they train jointly; in the same time this raised held-out
-photo patches from 28.9 to 31.7 dB at 32 px (PCA of the same code size: 31.9 dB).
+latent layout (PCA of the pixel blocks) before they train jointly; in the same time (32,000 images) this raised
+held-out photo patches from 28.9 to 31.7 dB at 32 px (PCA of the same code size: 31.9 dB). The plan's
+60,000 images reach 32.4 dB there; four times as many images gained about another dB (``RESULTS.md``).
 
 Coarse to fine: the autoencoder is convolutional, so from 64 px up it first trains on the images halved in
 size (2 x 2 averages), where an image costs a third as much, then on the images themselves; 70 % of its
 time goes to the half-size images (``COARSE_SHARE``), the rest to at least one pass at full size. Held-out
-icons at 64 px: 28.9 dB (PCA 25.6 dB) after 16 half-size and 2 full-size epochs (8.7 min); the same model
+icons at 64 px, before the warm start and with 32,000 images' time: 28.9 dB (PCA 25.6 dB) after 16 half-size
+and 2 full-size epochs (8.7 min; with both, now 32.0 dB after 29 + 4 epochs in 8.0 min); the same model
 after its half-size epochs alone reached 27.2 dB, an even split (11 + 4 epochs) 28.3 dB in more time, and
 64 px alone 23.6 dB. At 32 px, first training at 16 px cost 0.9 dB (25.1 vs 25.9 dB): halved, the icons
 lose too much, so smaller images train at full size only (``COARSE_MIN_SIDE``).
@@ -34,16 +36,18 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
-AE_IMAGES_SEEN = 32_000  # autoencoder training length in 32 px images (about 9 minutes on 2 CPU cores)
+AE_IMAGES_SEEN = 60_000  # autoencoder training length in 32 px images (about 8 minutes on 2 idle CPU cores)
 DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in 4 x 8 x 8 latents (about 5 minutes on 2 CPU cores)
 MIN_EPOCHS, MAX_EPOCHS = 3, 500
 COARSE_SHARE = 0.7  # of the autoencoder's time spent on half-size images, when the plan chooses the lengths
 COARSE_MIN_SIDE = 32  # ...and only when the halved images are this large (16 px icons lost too much: see the module doc)
 MIN_FINE_EPOCHS = 1  # full-size epochs after the half-size stage: the model already reconstructs, so one may do
-# Measured training step time per image (ms; forward + backward + AdamW, width 16, batch 8, 2 CPU threads) by
-# pixel count: the cost grows faster than the pixel count from 32 to 64 px, so a fitted "overhead + pixels" line
-# underestimated 64 px epochs by a fifth. Between anchors the plan interpolates, beyond them it extends the end slopes.
-STEP_MS_BY_PIXELS = ((16**2, 6.5), (32**2, 13.9), (64**2, 47.8))
+# Measured training step time per image (ms; forward + backward + fused AdamW, channels-last, width 16, batch 8,
+# 2 CPU threads; `bench_train.py --only costs`) by pixel count: the cost grows faster than the pixel count from 32
+# to 64 px, so a fitted "overhead + pixels" line underestimated 64 px epochs by a fifth. Between anchors the plan
+# interpolates, beyond them it extends the end slopes. (Before the fused optimizer and channels-last convolutions
+# the steps took twice as long, and 32,000 images filled the time that now trains 60,000.)
+STEP_MS_BY_PIXELS = ((16**2, 3.9), (32**2, 7.4), (64**2, 22.9))
 # The same for the denoiser (ms per latent; base width 16, batch 32, 2 CPU threads) by latent positions. Counted in
 # latents alone, its budget took 22 minutes at 64 and 128 px (16 x 16 latents, base width 24) and 79 at 256 px;
 # measured there: 11.1 and 39.3 ms per latent at width 24, which the width factor below gives within 3 %.
