@@ -46,6 +46,9 @@ PREAMBLES = {
         "Each run used 1 torch thread, two runs at a time on the 2 cores. zero-init: every ResNet block starts as the identity;",
         "anchored: that share of the steps trains each half against the fixed linear block code (PCA of the 4 x 4 pixel blocks,",
         "the latent layout's best linear code), then both jointly. `latentscope train` now does both, with a quarter of the steps anchored."],
+    "train-budget": ["### Longer training (issue 3)", "",
+        "Each run used 1 torch thread, two runs at a time on the 2 cores: the warm-started recipe for four times the images of the",
+        "warm-start probes above (batch 16 at twice the learning rate, 8,000 steps), to see how far time alone goes."],
 }
 if a.report:
     from benchmarks.results import machine_line, write_section
