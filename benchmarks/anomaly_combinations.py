@@ -1,0 +1,56 @@
+"""Alternative ways to combine the default diffusion score's terms, from bench_anomaly's cached models and errors.
+
+    python benchmarks/anomaly_combinations.py [TASK ...]
+
+The default score is the largest of the terms' tail surprises (``surprise:local``, ``surprise:content``,
+``surprise:gist`` in its parts). This prints semantic / defects image AUROC of other combinations of the same
+surprises, per task, so a change of the combination can be judged on every task at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_anomaly import Prepared, metrics, protocol_means, tasks  # noqa: E402
+from latentscope.anomaly.base import Scores  # noqa: E402
+from latentscope.anomaly.diffusion import DEFAULT_TERMS, SURPRISE_PREFIX  # noqa: E402
+
+TASKS = ["digits-holdout-01", "digits-holdout-23", "photos-32px-holdout5-seed0", "icons-32px-seed0",
+         "photos-64px-holdout5-seed0", "icons-64px-seed0"]
+
+
+def combinations(surprise: np.ndarray) -> dict[str, np.ndarray]:
+    """N x terms surprises (the first column ``local``) -> candidate image scores."""
+    largest = surprise.max(axis=1)
+    return {
+        "largest (default)": largest,
+        "sum (Fisher)": surprise.sum(axis=1),
+        "log-sum-exp": np.logaddexp.reduce(surprise, axis=1),
+        "two largest": np.sort(surprise, axis=1)[:, -2:].sum(axis=1),
+        "largest + half the rest": largest + 0.5 * (surprise.sum(axis=1) - largest),
+        "local with the larger of the others (log-sum-exp)": np.logaddexp(surprise[:, 0], surprise[:, 1:].max(axis=1)),
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    for task in tasks(sys.argv[1:] or TASKS):
+        prepared = Prepared(task, reference_size=512, max_normal=300, max_per_class=120)  # bench_anomaly's sizes
+        result = prepared.diffusion()
+        surprise = np.stack([result.parts[SURPRISE_PREFIX + term] for term in DEFAULT_TERMS], axis=1)
+        row = {}
+        for name, scores in combinations(surprise).items():
+            means = protocol_means(metrics(prepared.pool, Scores(scores, result.maps)))
+            row[name] = f"{means['semantic']:.3f} / {means['defects']:.3f}"
+        print(task.name, json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
