@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                         "(default: chosen with --epochs from the image count; 0 when --epochs is given)")
     parser.add_argument("--denoiser-epochs", type=positive_int, help="denoiser epochs (default: chosen from the image count)")
     parser.add_argument("--batch-size", type=positive_int, help="batch size (default 8 for the autoencoder, 32 for the denoiser)")
-    parser.add_argument("--lr", type=positive_float, help="peak learning rate of the autoencoder (default 1e-3; the denoiser uses half)")
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate of the autoencoder (default 2e-3; the denoiser uses a quarter)")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation, split, order and noise (default 0)")
     parser.add_argument("--val-fraction", type=positive_float, default=0.1, help="share of images held out for validation (default 0.1)")
     parser.add_argument("--patience", type=int, default=8, help="stop a phase after this many epochs without improvement (0 = never)")
