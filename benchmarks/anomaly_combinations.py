@@ -38,6 +38,8 @@ def combinations(surprise: np.ndarray) -> dict[str, np.ndarray]:
         "two largest": np.sort(surprise, axis=1)[:, -2:].sum(axis=1),
         "largest + half the rest": largest + 0.5 * (surprise.sum(axis=1) - largest),
         "local with the larger of the others (log-sum-exp)": np.logaddexp(surprise[:, 0], surprise[:, 1:].max(axis=1)),
+        "local or the mean of the others": np.maximum(surprise[:, 0], surprise[:, 1:].mean(axis=1)),
+        "local or the smaller of the others": np.maximum(surprise[:, 0], surprise[:, 1:].min(axis=1)),
     }
 
 
