@@ -384,15 +384,14 @@ class ExplorerData:
     def map_positions(self, latents: np.ndarray, k: int = 8) -> np.ndarray:
         """Where latents sit on the map: a map point's own latent at that point; others by the projection's
         transform, else by a distance-weighted mean of their neighbours."""
-        latents = np.asarray(latents, np.float32)
-        distances, nearest = self.nearest_rows(latents.reshape(len(latents), -1), k)
+        flat = np.asarray(latents, np.float32).reshape(len(latents), -1)
+        distances, nearest = self.nearest_rows(flat, k)
         xy = self.points[["x", "y"]].to_numpy(np.float32)[nearest]
         if self.projection is not None:
-            placed = np.asarray(self.projection.transform(latents), np.float32)[:, :2]
+            placed = np.asarray(self.projection.transform(np.asarray(latents, np.float32)), np.float32)[:, :2]
         else:
             weights = 1.0 / (distances + 1e-6)
             placed = ((xy * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)).astype(np.float32)
-        flat = latents.reshape(len(latents), -1)
         gap = np.linalg.norm(flat - self.flat_latents[nearest[:, 0]], axis=1)  # direct: the GEMM distance rounds off
         own = gap <= 1e-5 * (1.0 + np.linalg.norm(flat, axis=1))
         placed[own] = xy[own, 0]  # the transform re-optimises a position; a real image belongs where the map put it
