@@ -340,6 +340,19 @@ def test_file_end_in_the_scope_resolves_to_that_image(walker):
     np.testing.assert_array_equal(end.latent, walker.scope.latents_for_ids([row["id"]])[0])
 
 
+def test_scope_path_end_names_the_image_as_info_and_score_list_it(walker, tmp_path, monkeypatch):
+    row = walker.scope.ok_manifest().iloc[5]
+    monkeypatch.chdir(tmp_path)  # the scope's relative path is no file here
+    spec = WalkSpec(ends=[int(ids_of(walker, 1)[0]), row["path"]], method="lerp", steps=4)
+    assert spec.ends[1] == {"kind": "path", "path": row["path"]}
+    end = walker.resolve(spec.ends[1])
+    assert end.row == int(row["row"])
+    np.testing.assert_array_equal(end.latent, walker.scope.latents_for_ids([row["id"]])[0])
+    np.testing.assert_array_equal(walker.run(spec).knot_latents[1], end.latent)
+    with pytest.raises(InputError, match="image path of the scope"):
+        walker.resolve({"kind": "path", "path": "no/such/image.png"})
+
+
 def test_new_file_end_is_prepared_like_the_scope_images(walker, tmp_path):
     from latentscope.images import prepare_image
 
@@ -408,8 +421,7 @@ def test_end_parsing_names_the_problem(tmp_path):
     assert parse_end("map:1.5,-2", map_name="m") == {"kind": "map", "map": "m", "xy": [1.5, -2.0]}
     with pytest.raises(InputError, match="map:X,Y"):
         parse_end("map:1.5")
-    with pytest.raises(InputError, match="existing image file"):
-        parse_end(str(tmp_path / "missing.png"))
+    assert parse_end(str(tmp_path / "missing.png")) == {"kind": "path", "path": (tmp_path / "missing.png").as_posix()}
     assert parse_group("label:cat") == {"label": "cat"} and parse_group("ids:1,2") == {"ids": [1, 2]}
     with pytest.raises(InputError, match="label:NAME"):
         parse_group("cat")

@@ -7,7 +7,8 @@ import argparse
 from .common import add_device_options, fraction, image_size, positive_float, positive_int
 
 EPILOG = """\
-ends: an image id (12 or id:12), an image file (encoded like the scope's images),
+ends: an image id (12 or id:12), an image of the scope by its path as 'info' and
+'score' list it (cats/tabby.png), an image file (encoded like the scope's images),
 or a map point map:X,Y (with --map NAME).
 
 examples:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ScopeError
-from .ends import DEFAULT_MAP, End, latents_from_map, load_map_projection, parse_end, parse_group, prepare_file
+from .ends import DEFAULT_MAP, End, latents_from_map, load_map_projection, not_found, parse_end, parse_group, prepare_file
 from .graph import LatentGraph
 from .interpolants import lerp, polyline, slerp
 from .spacing import dense_samples, equal_arc_positions, share_out, uniform_positions
@@ -407,6 +407,8 @@ class Walker:
             return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
         if kind == "file":
             return self._resolve_file(spec)
+        if kind == "path":
+            return self._resolve_scope_path(spec)
         if kind == "map":
             latent = latents_from_map(self.projection(spec["map"]), [spec["xy"]], self.latent_shape())[0]
             return End(latent, spec)
@@ -414,6 +416,16 @@ class Walker:
         if self.scope is not None and tuple(latent.shape) != self.latent_shape():
             raise InputError(f"latent of shape {latent.shape}: the scope's latents are {self.latent_shape()}")
         return End(latent, spec)
+
+    def _resolve_scope_path(self, spec: dict) -> End:
+        """The scope's image at ``spec["path"]`` (relative to the encoded folder)."""
+        if self.scope is not None:
+            ok = self.scope.ok_manifest()
+            same = ok.index[ok["path"] == spec["path"]]
+            if len(same):
+                row = int(ok.loc[same[0], "row"])
+                return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
+        raise not_found(spec["path"])
 
     def _resolve_file(self, spec: dict) -> End:
         preprocess = self.scope.meta.get("preprocess", {}) if self.scope is not None else {}

@@ -4,11 +4,14 @@ Each end has a JSON form (recorded in export sidecars so a walk can be replayed)
 
     {"kind": "id", "id": 12}                          an image of the scope
     {"kind": "file", "path": "/abs/cat.png", "sha256": "..."}   encoded on the fly
+    {"kind": "path", "path": "cats/tabby.png"}        an image of the scope, by its path in the scope
     {"kind": "map", "map": "default", "xy": [1.5, -0.3]}        a point of a 2-D map
     {"kind": "latent", "latent": [[[...]]]}           a latent given directly (API)
 
 On the command line an end is ``12`` or ``id:12``, ``map:1.5,-0.3`` (with
-``--map NAME``), or a file path (``file:PATH`` when the path looks like a number).
+``--map NAME``), or a file path (``file:PATH`` when the path looks like a number);
+a path that is no file here names the scope's image of that path (relative to the
+encoded folder, as ``info``, ``score`` and the explorer list it).
 Files are prepared exactly like ``latentscope encode`` prepared the scope's
 images (size, resize policy, background) and encoded with the latent mean; a
 file whose content is already in the scope resolves to that image.
@@ -46,7 +49,7 @@ class End:
         kind = self.spec["kind"]
         if kind == "id":
             return f"image {self.spec['id']}"
-        if kind == "file":
+        if kind in ("file", "path"):
             return Path(self.spec["path"]).name
         if kind == "map":
             x, y = self.spec["xy"]
@@ -85,15 +88,19 @@ def _parse_text(text: str, map_name: str) -> dict:
 
 
 def _file_spec(path: Path) -> dict:
-    path = path.expanduser()
-    if not path.is_file():
-        raise InputError(f"walk end {str(path)!r}: not an image id, a map:X,Y point, or an existing image file")
-    return {"kind": "file", "path": str(path.resolve())}
+    if path.expanduser().is_file():
+        return {"kind": "file", "path": str(path.expanduser().resolve())}
+    return {"kind": "path", "path": path.as_posix()}  # resolved against the scope's images when the walk runs
+
+
+def not_found(path: str) -> InputError:
+    return InputError(f"walk end {path!r}: not an image id, a map:X,Y point, an image path of the scope, "
+                      "or an existing image file")
 
 
 def _check_spec(spec: dict) -> dict:
     kind = spec.get("kind")
-    required = {"id": ("id",), "file": ("path",), "map": ("map", "xy"), "latent": ("latent",)}
+    required = {"id": ("id",), "file": ("path",), "path": ("path",), "map": ("map", "xy"), "latent": ("latent",)}
     if kind not in required or any(key not in spec for key in required[kind]):
         raise InputError(f"walk end {spec!r}: not a valid end (kinds: {', '.join(required)})")
     return dict(spec)
