@@ -8,7 +8,10 @@ surprises, per task, so a change of the combination can be judged on every task 
 terms are calibrated on unseen normal images (the reference images are training images the model has seen): the
 share of the normal test images beyond each term's 90th and 99th reference percentiles (0.10 and 0.01 if so), and
 how much a perfect calibration would gain: every term's surprise recomputed against half of the unseen normal test
-images (an oracle no user has), both scores measured on the other half.
+images (an oracle no user has), both scores measured on the other half. Last, it compares the exponential tail of
+the surprises with a generalised Pareto tail fitted to each term's reference values, on the clean reference and on
+one contaminated as a self-calibrated scope would be (5 % of the reference replaced by half of the protocol's
+anomalies, scored on the other half).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import genpareto
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_anomaly import Prepared, metrics, protocol_means, tasks  # noqa: E402
 from latentscope.anomaly.base import Scores  # noqa: E402
-from latentscope.anomaly.diffusion import DEFAULT_TERMS, SURPRISE_PREFIX, tail_surprise  # noqa: E402
+from latentscope.anomaly.diffusion import DEFAULT_TERMS, SURPRISE_PREFIX, TAIL_QUANTILE, tail_surprise  # noqa: E402
 from latentscope.anomaly.metrics import auroc  # noqa: E402
 
 TASKS = ["digits-holdout-01", "digits-holdout-23", "photos-32px-holdout5-seed0", "icons-32px-seed0",
@@ -61,11 +65,58 @@ def oracle_calibration(prepared: Prepared, result) -> dict[str, str]:
     return {protocol: "{:.3f} -> {:.3f}".format(*np.mean(values, axis=0)) for protocol, values in per_protocol.items()}
 
 
+def pareto_tail_surprise(values: np.ndarray, reference: np.ndarray, quantile: float = TAIL_QUANTILE) -> np.ndarray:
+    """``tail_surprise`` with a generalised Pareto tail: shape and scale fitted to the reference's excesses over its
+    ``quantile`` by maximum likelihood (an exponential with their mean excess where the fitted shape is negative)."""
+    reference = np.sort(np.asarray(reference, dtype=np.float64))
+    values = np.asarray(values, dtype=np.float64)
+    threshold = float(np.quantile(reference, quantile))
+    excess = reference[reference > threshold] - threshold
+    shape, _, scale = genpareto.fit(excess, floc=0)
+    if shape <= 1e-6:
+        shape, scale = 0.0, float(excess.mean())
+    beyond = np.maximum(values - threshold, 0.0)
+    grown = np.log1p(shape * beyond / scale) / shape if shape else beyond / scale
+    below = 1.0 - np.searchsorted(reference, values, side="left") / (len(reference) + 1.0)
+    return np.where(values > threshold, -np.log(1.0 - quantile) + grown, -np.log(np.maximum(below, 1.0 - quantile)))
+
+
+def tail_models(prepared: Prepared, result, reference: dict[str, np.ndarray], contamination: float = 0.05) -> dict:
+    """Semantic / defects AUROC of the largest surprise under each tail model, with the clean reference and with
+    ``contamination`` of it replaced by half of each protocol's anomalies (scored on the other half); and the
+    largest surprise of any unseen normal test image per term (calibrated tails keep it near ``log(count)``)."""
+    normal = prepared.pool.cases[0].normal
+    out = {}
+    for model, surprise in (("exponential", tail_surprise), ("Pareto", pareto_tail_surprise)):
+        row = {"largest surprise of a normal image": {
+            term: round(float(surprise(result.parts[term][normal], reference[term]).max()), 1) for term in DEFAULT_TERMS}}
+        for share in (0.0, contamination):
+            means = {}
+            for protocol in dict.fromkeys(case.protocol for case in prepared.pool.cases):
+                cases = [case for case in prepared.pool.cases if case.protocol == protocol]
+                anomalous = np.random.default_rng(0).permutation(np.unique(np.concatenate([c.anomalous for c in cases])))
+                injected = anomalous[: len(anomalous) // 2][: int(round(share * len(reference[DEFAULT_TERMS[0]])))]
+                keep_rows = np.random.default_rng(1).permutation(len(reference[DEFAULT_TERMS[0]]))[len(injected):]
+                scores = np.max([surprise(result.parts[term], np.r_[reference[term][keep_rows], result.parts[term][injected]])
+                                 for term in DEFAULT_TERMS], axis=0)
+                values = []
+                for case in cases:
+                    kept = np.setdiff1d(case.anomalous, injected)
+                    labels = np.r_[np.zeros(len(case.normal)), np.ones(len(kept))]
+                    values.append(auroc(labels, scores[np.r_[case.normal, kept]]))
+                means[protocol] = float(np.mean(values))
+            row[f"{share:.0%} contaminated"] = "{semantic:.3f} / {defects:.3f}".format(**means)
+        out[model] = row
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(2)
     for task in tasks(sys.argv[1:] or TASKS):
         prepared = Prepared(task, reference_size=512, max_normal=300, max_per_class=120)  # bench_anomaly's sizes
-        result = prepared.diffusion()
+        scorer = prepared.fitted_diffusion()
+        result = scorer.score_errors(prepared.level_errors("test", scorer.levels, scorer.steps, scorer.draws),
+                                     prepared.test.latents, prepared.test.ids)
         surprise = np.stack([result.parts[SURPRISE_PREFIX + term] for term in DEFAULT_TERMS], axis=1)
         row = {}
         for name, scores in combinations(surprise).items():
@@ -78,6 +129,7 @@ def main() -> None:
         print(task.name, "normal test images beyond the 90th / 99th reference percentile:", json.dumps(beyond), flush=True)
         print(task.name, "calibrated on training images -> on unseen normal images (oracle):",
               json.dumps(oracle_calibration(prepared, result)), flush=True)
+        print(task.name, "tail models:", json.dumps(tail_models(prepared, result, scorer.term_reference_)), flush=True)
 
 
 if __name__ == "__main__":

@@ -112,11 +112,16 @@ class Prepared:
         parts = [self.errors(split, t, steps, 1 if t == 0 else draws) for t in levels]
         return LevelErrors(np.concatenate([p.maps for p in parts], axis=1), np.concatenate([p.latent for p in parts], axis=1))
 
-    def diffusion(self, levels=DEFAULT_LEVELS, steps=DEFAULT_STEPS, draws=DEFAULT_DRAWS, **options):
-        """The diffusion score's Scores on the pool, from cached errors."""
+    def fitted_diffusion(self, levels=DEFAULT_LEVELS, steps=DEFAULT_STEPS, draws=DEFAULT_DRAWS, **options) -> DiffusionScore:
+        """The diffusion score calibrated on the reference sample, from cached errors."""
         scorer = DiffusionScore(self.codec, self.denoiser, levels=levels, steps=steps, draws=draws, seed=SEED, **options)
         scorer.set_density_reference(self.train_batch.latents, self.train_batch.ids)
         scorer.fit_errors(self.level_errors("reference", scorer.levels, steps, draws), self.reference.latents, self.reference.ids)
+        return scorer
+
+    def diffusion(self, levels=DEFAULT_LEVELS, steps=DEFAULT_STEPS, draws=DEFAULT_DRAWS, **options):
+        """The diffusion score's Scores on the pool, from cached errors."""
+        scorer = self.fitted_diffusion(levels, steps, draws, **options)
         return scorer.score_errors(self.level_errors("test", scorer.levels, steps, draws), self.test.latents, self.test.ids)
 
     def baseline(self, name: str):
