@@ -31,6 +31,9 @@ p.add_argument("--act", default="silu"); p.add_argument("--groups", type=int, de
 p.add_argument("--sample", type=int, default=1); p.add_argument("--tag", default="")
 p.add_argument("--zeroinit", type=int, default=0, help="1: every ResNet block starts as the identity (as latentscope train)")
 p.add_argument("--anchor", type=float, default=0.0, help="share of the steps trained against the linear block code (as latentscope train)")
+p.add_argument("--recon", default="mse", choices=("mse", "logmse"),
+               help="reconstruction loss of latentscope's step (--anchor): mse, or the mean over images of log(MSE + eps)")
+p.add_argument("--eps", type=float, default=4e-5, help="logmse: MSE (model range) below which an image gains nothing (4e-5: 50 dB)")
 p.add_argument("--store", default="ae_recipe_probes.jsonl", help="JSON-lines file under benchmarks/out")
 p.add_argument("--section", default="train-recipe", help="RESULTS.md section that --report writes")
 p.add_argument("--report", action="store_true", help="write the stored probes to RESULTS.md and stop")
@@ -99,6 +102,8 @@ def evaluate(model):
     model.train(); return float(psnr(test_px, torch.cat(out)).mean())
 g = torch.Generator().manual_seed(0)
 anchored = None
+if a.recon == "logmse":  # per-image log-MSE: its mean over images is what the mean per-image PSNR measures
+    ae.reconstruction_loss = lambda r, x: torch.log((r - x).pow(2).flatten(1).mean(1) + a.eps).mean()
 if a.anchor:  # the library's own step function: MSE, a posterior sample, flips
     assert a.loss == "mse" and a.sample and a.flip, "--anchor uses latentscope's step: --loss mse, --sample 1, --flip 1"
     anchored = ae.make_step(vae, train_px, a.kl, anchor=ae.BlockPCA.fit(train_px, 2 ** (n - 1), a.C), anchor_steps=round(a.anchor * a.steps))
