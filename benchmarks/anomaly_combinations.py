@@ -86,6 +86,7 @@ def tail_models(prepared: Prepared, result, reference: dict[str, np.ndarray], co
     ``contamination`` of it replaced by half of each protocol's anomalies (scored on the other half); and the
     largest surprise of any unseen normal test image per term (calibrated tails keep it near ``log(count)``)."""
     normal = prepared.pool.cases[0].normal
+    size = len(reference[DEFAULT_TERMS[0]])
     out = {}
     for model, surprise in (("exponential", tail_surprise), ("Pareto", pareto_tail_surprise)):
         row = {"largest surprise of a normal image": {
@@ -95,8 +96,8 @@ def tail_models(prepared: Prepared, result, reference: dict[str, np.ndarray], co
             for protocol in dict.fromkeys(case.protocol for case in prepared.pool.cases):
                 cases = [case for case in prepared.pool.cases if case.protocol == protocol]
                 anomalous = np.random.default_rng(0).permutation(np.unique(np.concatenate([c.anomalous for c in cases])))
-                injected = anomalous[: len(anomalous) // 2][: int(round(share * len(reference[DEFAULT_TERMS[0]])))]
-                keep_rows = np.random.default_rng(1).permutation(len(reference[DEFAULT_TERMS[0]]))[len(injected):]
+                injected = anomalous[: len(anomalous) // 2][: int(round(share * size))]
+                keep_rows = np.random.default_rng(1).permutation(size)[len(injected):]
                 scores = np.max([surprise(result.parts[term], np.r_[reference[term][keep_rows], result.parts[term][injected]])
                                  for term in DEFAULT_TERMS], axis=0)
                 values = []

@@ -41,6 +41,7 @@ from ..errors import InputError
 AE_IMAGES_SEEN = 60_000  # autoencoder training length in 32 px images (about 8 minutes on 2 idle CPU cores)
 DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in 4 x 8 x 8 latents (about 5 minutes on 2 CPU cores)
 MIN_EPOCHS, MAX_EPOCHS = 3, 500
+PEAK_LEARNING_RATE = 2e-3  # of the autoencoder; the denoiser trains at a quarter of it
 COARSE_SHARE = 0.7  # of the autoencoder's time spent on half-size images, when the plan chooses the lengths
 COARSE_MIN_SIDE = 32  # ...and only when the halved images are this large (16 px icons lost too much: see the module doc)
 MIN_FINE_EPOCHS = 1  # full-size epochs after the half-size stage: the model already reconstructs, so one may do
@@ -166,14 +167,14 @@ def make_plan(
         epochs=ae_epochs,
         coarse_epochs=coarse_epochs,
         batch_size=batch_size or 8,  # many small steps beat few large ones for the same compute (see module doc)
-        learning_rate=learning_rate or 2e-3,
+        learning_rate=learning_rate or PEAK_LEARNING_RATE,
         denoiser_widths=(2 * denoiser_base, 4 * denoiser_base, 4 * denoiser_base) if side // downscale >= 16
         else (2 * denoiser_base, 4 * denoiser_base),
         denoiser_epochs=denoiser_epochs or _epochs_for(
             DENOISER_LATENTS_SEEN / denoiser_relative_cost((size[0] // downscale) * (size[1] // downscale), denoiser_base),
             2 * train_count),  # the same time at every size (the images and their mirror images)
         denoiser_batch_size=batch_size or 32,
-        denoiser_learning_rate=(learning_rate or 2e-3) / 4,
+        denoiser_learning_rate=(learning_rate or PEAK_LEARNING_RATE) / 4,
     )
 
 

@@ -404,7 +404,7 @@ class Walker:
             if self.scope is None:
                 raise InputError(f"image id {spec['id']}: ids need a scope")
             row = int(self.scope.rows_for_ids([spec["id"]])[0])
-            return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
+            return self._real_end(row, spec)
         if kind == "file":
             return self._resolve_file(spec)
         if kind == "path":
@@ -417,6 +417,10 @@ class Walker:
             raise InputError(f"latent of shape {latent.shape}: the scope's latents are {self.latent_shape()}")
         return End(latent, spec)
 
+    def _real_end(self, row: int, spec: dict) -> End:
+        """The end at the scope's latent ``row``."""
+        return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
+
     def _resolve_scope_path(self, spec: dict) -> End:
         """The scope's image at ``spec["path"]`` (relative to the encoded folder)."""
         if self.scope is not None:
@@ -424,7 +428,7 @@ class Walker:
             same = ok.index[ok["path"] == spec["path"]]
             if len(same):
                 row = int(ok.loc[same[0], "row"])
-                return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
+                return self._real_end(row, spec)
         raise not_found(spec["path"])
 
     def _resolve_file(self, spec: dict) -> End:
@@ -438,7 +442,7 @@ class Walker:
             same = ok.index[ok["sha256"] == digest]
             if len(same):
                 row = int(ok.loc[same[0], "row"])
-                return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
+                return self._real_end(row, spec)
         return End(self.codec.encode_pixels(pixels)[0], spec)
 
     def knots(self, ends: list[End], spec: WalkSpec) -> list[End]:
