@@ -114,10 +114,11 @@ def _stat_signature(found: FoundImage) -> tuple[int, int]:
 class _Encoder:
     """Runs the model over prepared batches; batches and seeds are the same in every engine."""
 
-    def __init__(self, codec: Codec, sample: bool, seed: int):
+    def __init__(self, codec: Codec, sample: bool, seed: int, refine: int = 0):
         self.codec = codec
         self.sample = sample
         self.seed = seed
+        self.refine = refine
 
     def collate(self, items: list[ReadItem]) -> tuple[list[ReadItem], torch.Tensor | None]:
         fresh = [it for it in items if it.pixels is not None]
@@ -135,6 +136,8 @@ class _Encoder:
         if self.sample:
             generator = torch.Generator(self.codec.device).manual_seed(self.seed * 1_000_003 + items[0].task.id)
         latents = self.codec.encode(tensor, sample=self.sample, generator=generator)
+        if self.refine:
+            latents = self.codec.refine(tensor, latents, self.refine)
         for item in items:
             if item.pixels is not None:
                 item.encoded, item.pixels = True, None
@@ -214,13 +217,14 @@ def _load_shards(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     return pd.concat(frames, ignore_index=True), arrays
 
 
-def _run_params(codec: Codec, size, resize, background, sample, seed, max_pixels) -> dict:
+def _run_params(codec: Codec, size, resize, background, sample, seed, max_pixels, refine) -> dict:
     return {
         "size": list(size),
         "resize": resize,
         "background": list(background),
         "sample": bool(sample),
         "seed": int(seed),
+        "refine": int(refine),
         "max_pixels": int(max_pixels),
         "model_fingerprint": codec.fingerprint,
     }
@@ -240,7 +244,9 @@ def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Pa
         scope = Scope(out)
         meta = scope.meta
         recorded = meta.get("preprocess", {})
-        mismatched = [k for k in ("size", "resize", "background", "sample", "seed", "model_fingerprint") if recorded.get(k) != params[k]]
+        recorded = {"refine": 0, **recorded}  # scopes from before --refine were encoded without it
+        mismatched = [k for k in ("size", "resize", "background", "sample", "seed", "refine", "model_fingerprint")
+                      if recorded.get(k) != params[k]]
         if "model_fingerprint" in mismatched:
             raise ScopeError(
                 f"{out}: this scope was encoded with another model ({meta.get('model', {}).get('reference')}, "
@@ -273,6 +279,7 @@ def encode(
     dtype: str = "auto",
     sample: bool = False,
     seed: int = 0,
+    refine: int = 0,
     workers: int | None = None,
     thumbnails: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -300,7 +307,10 @@ def encode(
     ``metadata.csv`` / ``.jsonl`` / ``.parquet`` at its top (the Hugging Face
     image-folder layout: a ``file_name`` column and any others) gets that table
     attached as the scope's metadata (see :mod:`latentscope.metadata`) unless
-    ``metadata`` is False. Returns an :class:`EncodeSummary`.
+    ``metadata`` is False. ``refine`` > 0 moves each latent that many optimisation
+    steps closer to the one its decoder renders nearest the image
+    (:meth:`Codec.refine`): sharper reconstructions, but no reconstruction-based
+    anomaly score on that scope. Returns an :class:`EncodeSummary`.
     """
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -310,6 +320,8 @@ def encode(
         raise InputError(f"resize policy {resize!r}: choose one of {', '.join(RESIZE_POLICIES)}")
     if max_pixels < 1:
         raise InputError(f"max pixels {max_pixels}: must be positive")
+    if refine < 0:
+        raise InputError(f"refine steps {refine}: must be 0 or more")
     out = Path(out).expanduser().resolve()
     if isinstance(images, (str, os.PathLike)) and not Path(images).expanduser().exists():
         raise InputError(f"{images}: no such folder")
@@ -336,7 +348,7 @@ def encode(
     root, found = find_images(images, exclude=[out])
     if not found and not Scope.exists(out):
         raise InputError(f"{images}: no image files found")
-    params = _run_params(codec, size, resize, background, sample, seed, max_pixels)
+    params = _run_params(codec, size, resize, background, sample, seed, max_pixels, refine)
     scope = _open_or_create_scope(out, codec, params, root)
     for leftover in (scope.path / "thumbs").glob(".*" + TMP_SUFFIX):  # previews a killed run was writing
         leftover.unlink(missing_ok=True)
@@ -373,7 +385,7 @@ def encode(
         batches = run.batches(groups)
     else:
         preparer = Preparer(params, known, thumbnails, scope.path / "thumbs")
-        worker = _Encoder(codec, sample, seed)
+        worker = _Encoder(codec, sample, seed, refine)
         loader = PrefetchLoader(
             todo, preparer.prepare, batch_size, collate=worker.collate, workers=workers,
             timeout=file_timeout, on_timeout=preparer.timed_out,

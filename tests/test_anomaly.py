@@ -508,6 +508,21 @@ def test_baselines_score_a_scope(digits_scope, method):
     assert summary.method == method
 
 
+def test_a_refined_scope_is_not_scored_by_reconstruction(tmp_path, capsys):
+    import latentscope
+
+    images, _ = unseen_digits()
+    refined = tmp_path / "refined.scope"
+    latentscope.encode(images[:12], MODEL, refined, refine=2, progress=False)
+    for method in ("diffusion", "roundtrip"):
+        with pytest.raises(ScopeError, match="encoded with --refine 2"):
+            score(refined, name=method, method=method, progress=False)
+    assert score(refined, name="knn", method="knn-latent", progress=False).scored == 12
+    assert main(["-q", "score", str(refined), "--method", "roundtrip"]) == 2
+    err = capsys.readouterr().err
+    assert "score a scope encoded without --refine" in err and len(err.strip().splitlines()) == 1
+
+
 def test_knn_never_counts_an_image_as_its_own_neighbour():
     latents = np.random.default_rng(0).normal(size=(10, 2, 2, 2)).astype(np.float32)
     batch = Batch(np.zeros((10, 4, 4, 3), np.uint8), latents)

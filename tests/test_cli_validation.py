@@ -119,6 +119,8 @@ CASES = [
     ("encode: size off the model grid", "encode {w}/images --model {w}/model-a --out {w}/new --size 33", "multiple"),
     ("encode: bad background", "encode {w}/images --model {w}/model-a --out {w}/new --background notacolour", "background"),
     ("encode: zero max pixels", "encode {w}/images --model {w}/model-a --out {w}/new --max-pixels 0", "at least 1"),
+    ("encode: negative refine", "encode {w}/images --model {w}/model-a --out {w}/new --refine -3", "0 or more"),
+    ("encode: refine into an unrefined scope", "encode {w}/images --model {w}/model-a --out {w}/scope --refine 5", "refine=0"),
     ("encode: unknown engine", "encode {w}/images --model {w}/model-a --out {w}/new --engine spark", "invalid choice"),
     ("encode: zero ray actors", "encode {w}/images --model {w}/model-a --out {w}/new --engine ray --ray-actors 0",
      "at least 1"),

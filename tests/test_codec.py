@@ -112,3 +112,36 @@ def test_hub_id_loads_from_a_local_hub_cache(tmp_path, monkeypatch, pipeline_fol
     codec = Codec.from_pretrained("someone/tiny-pipeline", device="cpu")
     assert codec.class_name == "AutoencoderKL"
     assert codec.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 16, 16)
+
+
+def test_refine_moves_each_latent_closer_to_its_image_and_never_further(kl_folder):
+    codec = Codec.from_pretrained(kl_folder, device="cpu")
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    start = codec.encode(images)  # an inference-mode tensor, as the encode loop hands it over
+
+    def errors(latents):
+        return (codec.decode(latents) - images).pow(2).flatten(1).mean(1)
+
+    refined = codec.refine(images, start, steps=20)
+    assert refined.shape == start.shape and not refined.requires_grad
+    assert (errors(refined) < 0.9 * errors(start)).all()
+    torch.testing.assert_close(codec.refine(images, start, steps=0), start)
+    for wild in (1e3, 1e5):  # steps far too large: each image keeps whichever latent decoded closest, never a worse one
+        kept = codec.refine(images, start, steps=3, learning_rate=wild)
+        assert (errors(kept) <= errors(start)).all()
+    with torch.inference_mode():  # callers may be in inference mode
+        inside = codec.refine(images, start, steps=20)
+    torch.testing.assert_close(inside, refined)
+    alone = torch.cat([codec.refine(images[i:i + 1], start[i:i + 1], steps=20) for i in range(3)])
+    torch.testing.assert_close(alone, refined, rtol=1e-3, atol=1e-4)
+
+
+def test_encode_pixels_refines_on_request(taesd_folder):
+    codec = Codec.from_pretrained(taesd_folder, device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    plain, refined = codec.encode_pixels(pixels, batch_size=3), codec.encode_pixels(pixels, batch_size=3, refine=10)
+
+    def error(latents):
+        return np.mean((codec.decode_to_pixels(latents).astype(float) - pixels) ** 2)
+
+    assert error(refined) < error(plain)

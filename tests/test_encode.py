@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -146,6 +147,34 @@ def test_other_settings_into_same_scope_refused_and_nothing_written(tmp_path, kl
     with pytest.raises(ScopeError, match="resize"):
         encode(images, kl_folder, out, resize="pad", progress=False, device="cpu")
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
+
+
+def test_refined_latents_are_stored_and_recorded(tmp_path, kl_folder):
+    images = make_image_folder(tmp_path / "images", 5)
+    out = tmp_path / "scope"
+    encode(images, kl_folder, out, batch_size=4, refine=8, progress=False, device="cpu")
+    scope = Scope(out)
+    assert scope.meta["preprocess"]["refine"] == 8
+    codec = Codec.from_pretrained(kl_folder, device="cpu")
+    pixels = np.stack([prepare_image(read_file(scope.image_path(i)), (32, 32)).pixels for i in scope.ok_manifest()["id"]])
+    expected = codec.encode_pixels(pixels, refine=8).astype(np.float16).astype(np.float32)
+    stored = scope.latents().astype(np.float32)
+    np.testing.assert_allclose(stored, expected, atol=5e-3)
+    assert np.abs(stored - codec.encode_pixels(pixels)).max() > 0.05  # and they are not the encoder's own
+    with pytest.raises(ScopeError, match="refine=8"):
+        encode(images, kl_folder, out, progress=False, device="cpu")
+
+
+def test_scopes_from_before_refine_count_as_unrefined(tmp_path, kl_folder):
+    images = make_image_folder(tmp_path / "images", 3)
+    out = tmp_path / "scope"
+    encode(images, kl_folder, out, progress=False, device="cpu")
+    meta = json.loads((out / "scope.json").read_text())
+    del meta["preprocess"]["refine"]
+    (out / "scope.json").write_text(json.dumps(meta))
+    make_image_folder(tmp_path / "more", 2, seed=5, classes=("c",))
+    shutil.copytree(tmp_path / "more" / "c", images / "c")
+    assert encode(images, kl_folder, out, progress=False, device="cpu").encoded == 2
 
 
 RUN_ENCODE = textwrap.dedent(

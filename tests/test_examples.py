@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ def run_example(name: str, *args: str, timeout: int = 600) -> str:
 def test_encode_folder_example(tmp_path, kl_folder):
     out = run_example("encode_folder.py", "--model", str(kl_folder), "--out", str(tmp_path / "scope"))
     assert "100 encoded" in out and "latents: (100, 4, 16, 16) float16" in out
+    plain, refined = map(float, re.search(r"encoder ([\d.]+) dB, refined \(25 steps\) ([\d.]+) dB", out).groups())
+    assert refined > plain
 
 
 def test_train_model_example(tmp_path):

@@ -365,6 +365,22 @@ def test_new_file_end_is_prepared_like_the_scope_images(walker, tmp_path):
     np.testing.assert_allclose(end.latent, walker.codec.encode_pixels(prepared.pixels[None])[0], atol=1e-6)
 
 
+def test_new_file_end_of_a_refined_scope_is_refined_like_its_images(model_dir, tmp_path):
+    from latentscope.datasets import digits_array
+    from latentscope.images import prepare_image
+
+    pixels, _ = digits_array(32)
+    out = tmp_path / "refined.scope"
+    latentscope.encode(pixels[:6], model_dir, out, refine=3, progress=False, thumbnails=False)
+    walker = Walker(out, device="cpu")
+    path = tmp_path / "new.png"
+    Image.fromarray(pixels[50]).save(path)
+    end = walker.resolve({"kind": "file", "path": str(path)})
+    prepared = prepare_image(path.read_bytes(), (32, 32), "center-crop", (255, 255, 255), thumb_size=None).pixels[None]
+    np.testing.assert_allclose(end.latent, walker.codec.encode_pixels(prepared, refine=3)[0], atol=1e-5)
+    assert not np.allclose(end.latent, walker.codec.encode_pixels(prepared)[0], atol=1e-3)
+
+
 def test_file_end_is_recorded_with_its_hash_and_replays(walker, tmp_path):
     path = tmp_path / "new.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)

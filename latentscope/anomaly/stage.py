@@ -44,6 +44,7 @@ from .reconstruct import LevelErrors
 
 log = logging.getLogger(__name__)
 
+RECONSTRUCTING_METHODS = ("diffusion", "roundtrip")
 STAGE = "score"
 DEFAULT_REFERENCE_SIZE = 512
 MAPS_SUFFIX = ".maps.npy"
@@ -396,6 +397,9 @@ def score(
     ref_scope = Scope(reference) if isinstance(reference, (str, Path)) else reference
     if ref_scope is not None and ref_scope.model.get("fingerprint") != scope.model.get("fingerprint"):
         raise ScopeError(f"--reference {ref_scope.path}: encoded with another model than {scope.path}")
+    for checked in (scope, ref_scope):
+        if checked is not None:
+            _check_not_refined(checked, method)
     ref_images = ScopeImages(ref_scope) if ref_scope is not None else images
     seed = int(options.get("seed", 0))
     ref_ids = _sample_ids(ref_images.ids, reference_size, seed)
@@ -453,6 +457,15 @@ def score(
     scope.clear_partial(f"{STAGE}/{name}")
     summary.top = top_scores(scope, name, top) if top > 0 else None
     return summary
+
+
+def _check_not_refined(scope: Scope, method: str) -> None:
+    """Scores that compare images with their reconstructions need the encoder's own latents: a latent refined
+    against its image (``encode --refine``) reconstructs a defect as well as the rest."""
+    steps = int((scope.meta.get("preprocess") or {}).get("refine", 0))
+    if steps and method in RECONSTRUCTING_METHODS:
+        raise ScopeError(f"{scope.path}: encoded with --refine {steps}, whose latents are fitted to each image, anomalies "
+                         f"included, so the {method} score cannot see them; score a scope encoded without --refine")
 
 
 def _latents_for(images: ScopeImages, ids: np.ndarray) -> np.ndarray:

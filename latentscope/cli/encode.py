@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_options, add_engine_options, add_model_option, image_size, positive_float, positive_int
+from .common import (add_device_options, add_engine_options, add_model_option, image_size, non_negative_int, positive_float,
+                     positive_int)
 
 
 def register(subparsers) -> None:
@@ -24,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=positive_int, help="image-loading threads (default: up to 4)")
     parser.add_argument("--sample", action="store_true", help="draw latents from the posterior instead of taking its mean")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    parser.add_argument("--refine", type=non_negative_int, default=0, metavar="STEPS",
+                        help="optimise each latent for STEPS steps so it decodes closer to its image (sharper reconstructions "
+                        "and walk ends; STEPS decoder passes per image, e.g. 50; such a scope cannot be scored by "
+                        "reconstruction, see 'latentscope score')")
     parser.add_argument("--max-pixels", type=positive_int, default=None, help="refuse images larger than this (decompression-bomb guard)")
     parser.add_argument("--file-timeout", type=positive_float, default=120.0, help="seconds allowed to decode one file")
     parser.add_argument("--tiling", action=argparse.BooleanOptionalAction, default=None,
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         sample=args.sample,
         seed=args.seed,
+        refine=args.refine,
         workers=args.workers,
         thumbnails=not args.no_thumbnails,
         metadata=not args.no_metadata,

@@ -210,7 +210,7 @@ class _EncodeActor(ModelActor):
         codec = load_codec(reference, fingerprint, device, dtype)
         if tiling:
             codec.enable_tiling()
-        self.encoder = _Encoder(codec, params["sample"], params["seed"])
+        self.encoder = _Encoder(codec, params["sample"], params["seed"], params.get("refine", 0))
         self.reuser = Preparer(params, known, thumbnails, thumb_dir=None)
         self.device = str(codec.device)
 

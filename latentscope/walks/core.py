@@ -443,7 +443,7 @@ class Walker:
             if len(same):
                 row = int(ok.loc[same[0], "row"])
                 return self._real_end(row, spec)
-        return End(self.codec.encode_pixels(pixels)[0], spec)
+        return End(self.codec.encode_pixels(pixels, refine=int(preprocess.get("refine", 0)))[0], spec)
 
     def knots(self, ends: list[End], spec: WalkSpec) -> list[End]:
         """The points the walk passes through: the ends, or those of a direction walk."""
