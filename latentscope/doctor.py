@@ -214,7 +214,7 @@ def _reencode(scope: Scope, rows: pd.DataFrame, model, device) -> tuple[np.ndarr
             pixels.append(None)
     good = [p for p in pixels if p is not None]
     if good:
-        encoded = codec.encode_pixels(np.stack(good)).astype(np.float16)
+        encoded = codec.encode_pixels(np.stack(good), refine=int(pre.get("refine", 0))).astype(np.float16)
     return (encoded if len(good) else np.zeros((0, *shape), np.float16)), failed
 
 

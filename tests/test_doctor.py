@@ -41,13 +41,19 @@ def test_healthy_scope_needs_nothing(scope_path):
     assert report.healthy and report.findings == []
 
 
+def truncate_latents(scope_path, rows: int) -> int:
+    """Cut the last ``rows`` latents and a few more bytes off latents.npy; returns its size before."""
+    latents = scope_path / "latents.npy"
+    size = latents.stat().st_size
+    with open(latents, "r+b") as handle:
+        handle.truncate(size - rows * Scope(scope_path).latents()[0].nbytes - 7)
+    return size
+
+
 def test_truncated_latents_are_salvaged_and_lost_rows_reencoded(scope_path):
     reference = np.array(Scope(scope_path).latents())
     latents = scope_path / "latents.npy"
-    size = latents.stat().st_size
-    row_bytes = reference[0].nbytes
-    with open(latents, "r+b") as handle:
-        handle.truncate(size - 3 * row_bytes - 7)
+    size = truncate_latents(scope_path, 3)
     with pytest.raises(Exception):
         Scope(scope_path).latents()
     dry = diagnose(scope_path, repair=False, device="cpu")
@@ -56,6 +62,16 @@ def test_truncated_latents_are_salvaged_and_lost_rows_reencoded(scope_path):
     report = diagnose(scope_path, device="cpu")
     assert report.healthy and "re-encoded 4" in report.lines()[0]
     np.testing.assert_allclose(Scope(scope_path).latents().astype(np.float32), reference.astype(np.float32), atol=2e-3)
+
+
+def test_lost_rows_of_a_refined_scope_are_reencoded_refined(tmp_path, kl_folder):
+    out = tmp_path / "refined"
+    encode(make_image_folder(tmp_path / "images", 6), kl_folder, out, refine=4, progress=False, device="cpu")
+    reference = np.array(Scope(out).latents()).astype(np.float32)
+    truncate_latents(out, 2)
+    report = diagnose(out, device="cpu")
+    assert report.healthy and "re-encoded 3" in report.lines()[0]
+    np.testing.assert_allclose(Scope(out).latents().astype(np.float32), reference, atol=5e-3)
 
 
 def test_orphan_latent_rows_are_dropped(scope_path):
