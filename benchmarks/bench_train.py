@@ -107,19 +107,28 @@ def pca_psnr(train_images: np.ndarray, test_images: np.ndarray, components: int)
     return mean_psnr(test_images, np.clip(np.round(recon), 0, 255).astype(np.uint8).reshape(test_images.shape))
 
 
-def bench_colour(name: str, size: int, count: int = 2000, epochs: int | None = None) -> dict:
+def refined_psnr(codec: Codec, images: np.ndarray, steps: int) -> dict:
+    """Mean PSNR of the images decoded from latents refined by ``steps`` optimisation steps, and the time it took."""
+    started = time.perf_counter()
+    latents = codec.encode_pixels(images, refine=steps)
+    seconds = time.perf_counter() - started
+    return {"steps": steps, "psnr": mean_psnr(images, codec.decode_to_pixels(latents)), "ms_per_image": 1000 * seconds / len(images)}
+
+
+def bench_colour(name: str, size: int, count: int = 2000, epochs: int | None = None, refine_steps=()) -> dict:
     images, groups = load_set(name, size, count)
     train_idx, test_idx = split_by_group(groups, 0.2, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(images[train_idx], Path(tmp) / "model", denoiser=False, epochs=epochs, progress=False)
         codec = Codec.from_pretrained(str(Path(tmp) / "model"), device="cpu")
         recon = codec.decode_to_pixels(codec.encode_pixels(images[test_idx]))
+        refined = [refined_psnr(codec, images[test_idx], steps) for steps in refine_steps]
     code_size = int(np.prod(result.record["plan"]["latent_shape"]))
     ae = mean_psnr(images[test_idx], recon)
     pca = pca_psnr(images[train_idx], images[test_idx], min(code_size, len(train_idx)))
     return {"set": name, "size": size, "description": describe(images, groups), "train": len(train_idx), "test": len(test_idx),
             "latent": result.record["plan"]["latent_shape"], "code_size": code_size, "ae_psnr": ae, "pca_psnr": pca,
-            "margin": ae - pca, "epochs": result.record["autoencoder"]["epochs_run"],
+            "margin": ae - pca, "refined": refined, "epochs": result.record["autoencoder"]["epochs_run"],
             "coarse_epochs": (result.record["autoencoder"].get("coarse") or {}).get("epochs_run", 0),
             "seconds": result.record["autoencoder"]["seconds"]}
 
