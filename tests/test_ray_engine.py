@@ -71,6 +71,15 @@ def test_ray_append_reuses_content_and_draws_the_same_samples(tmp_path, kl_folde
     assert_same_scope(tmp_path / "ray", tmp_path / "local")
 
 
+def test_ray_engine_refines_like_the_local_engine(tmp_path, kl_folder, ray_cluster):
+    images = make_image_folder(tmp_path / "images", 6)
+    options = dict(batch_size=4, refine=3, progress=False, device="cpu")
+    encode(images, kl_folder, tmp_path / "local", **options)
+    encode(images, kl_folder, tmp_path / "ray", engine="ray", **options)
+    assert_same_scope(tmp_path / "ray", tmp_path / "local")
+    assert Scope(tmp_path / "ray").meta["preprocess"]["refine"] == 3
+
+
 def _encode_actor_pids() -> list[int]:
     """Processes whose title Ray set to the model actor's (Linux /proc)."""
     pids = []
