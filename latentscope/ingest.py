@@ -257,7 +257,8 @@ def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Pa
             key = mismatched[0]
             raise ScopeError(
                 f"{out}: this scope was encoded with {key}={recorded.get(key)!r}, not {params[key]!r} "
-                f"(model {meta.get('model', {}).get('reference')}); encode into a new --out folder"
+                f"(model {meta.get('model', {}).get('reference')}); add to it with the same setting, or encode into "
+                "a new --out folder"
             )
         if Path(scope.images_root) != images_root:
             raise ScopeError(f"{out}: this scope holds images from {scope.images_root}, not {images_root}; use a new --out folder")
