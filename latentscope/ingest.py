@@ -243,8 +243,7 @@ def _open_or_create_scope(out: Path, codec: Codec, params: dict, images_root: Pa
     if Scope.exists(out):
         scope = Scope(out)
         meta = scope.meta
-        recorded = meta.get("preprocess", {})
-        recorded = {"refine": 0, **recorded}  # scopes from before --refine were encoded without it
+        recorded = {"refine": 0, **meta.get("preprocess", {})}  # scopes from before --refine were encoded without it
         mismatched = [k for k in ("size", "resize", "background", "sample", "seed", "refine", "model_fingerprint")
                       if recorded.get(k) != params[k]]
         if "model_fingerprint" in mismatched:
