@@ -31,6 +31,8 @@ def describe(scope: Scope | str | os.PathLike) -> dict:
         "created": meta.get("created"),
         "images_root": meta.get("images_root"),
         "model": {k: meta.get("model", {}).get(k) for k in ("class", "reference", "image_size", "latent_shape")},
+        "latents": {"sample": bool(meta.get("preprocess", {}).get("sample", False)),
+                    "refine": int(meta.get("preprocess", {}).get("refine", 0))},
         "images": {"files": len(manifest), "encoded": len(ok), "failed": len(failed),
                    "failure_reasons": dict(Counter(failed["error"].astype(str)).most_common(5)),
                    "labels": int(labels.nunique())},
@@ -89,12 +91,18 @@ def _folder_bytes(root: Path) -> int:
     return total
 
 
+def _latents_note(latents: dict) -> str:
+    notes = (["drawn from the posterior (encode --sample)"] if latents["sample"] else []) + (
+        [f"refined by {latents['refine']} steps per image (encode --refine)"] if latents["refine"] else [])
+    return "; latents " + " and ".join(notes) if notes else ""
+
+
 def info_lines(facts: dict) -> list[str]:
     model, images = facts["model"], facts["images"]
     lines = [
         f"scope {facts['scope']} ({facts['size_mb']} MB), created {facts['created']}",
         f"model {model['class']} {model['reference']}: images {_size(model['image_size'])} (height x width) -> latents "
-        f"{_size(model['latent_shape'])}",
+        f"{_size(model['latent_shape'])}" + _latents_note(facts["latents"]),
         f"images {images['encoded']:,} encoded of {images['files']:,} files in {facts['images_root']}"
         + (f"; {images['labels']} labels" if images["labels"] else "; no labels"),
     ]

@@ -54,3 +54,13 @@ def test_info_lists_images_maps_scores_and_metadata(tmp_path, kl_folder, capsys)
     assert json.loads(capsys.readouterr().out)["metadata"]["reviewed"]["marked"] == 3
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "not a scope" in capsys.readouterr().err
+
+
+def test_info_says_how_the_latents_were_made(tmp_path, kl_folder):
+    images = make_image_folder(tmp_path / "images", 3)
+    encode(images, kl_folder, tmp_path / "plain", progress=False, device="cpu", thumbnails=False)
+    encode(images, kl_folder, tmp_path / "refined", refine=2, progress=False, device="cpu", thumbnails=False)
+    assert info_lines(describe(tmp_path / "plain"))[1].endswith("latents 4 x 16 x 16")
+    facts = describe(tmp_path / "refined")
+    assert facts["latents"] == {"sample": False, "refine": 2}
+    assert info_lines(facts)[1].endswith("; latents refined by 2 steps per image (encode --refine)")
