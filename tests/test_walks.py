@@ -381,6 +381,23 @@ def test_new_file_end_of_a_refined_scope_is_refined_like_its_images(model_dir, t
     assert not np.allclose(end.latent, walker.codec.encode_pixels(prepared)[0], atol=1e-3)
 
 
+def test_refined_ends_start_and_stop_closer_to_the_real_images(walker, tmp_path):
+    from latentscope.walks.ends import End, prepare_file
+
+    first, last = map(int, ids_of(walker, 2))
+    plain = walker.run(WalkSpec(ends=[first, last], method="lerp", steps=5))
+    refined = walker.run(WalkSpec(ends=[first, last], method="lerp", steps=5, refine_ends=15))
+    preprocess = walker.scope.meta["preprocess"]
+    for frame, image_id in ((0, first), (-1, last)):
+        image = prepare_file(walker.scope.image_path(image_id), preprocess, None)[0][0].astype(float)
+        assert np.mean((refined.pixels[frame] - image) ** 2) < np.mean((plain.pixels[frame] - image) ** 2)
+    assert refined.spec.refine_ends == 15 and WalkSpec.from_dict(refined.spec.to_dict()).refine_ends == 15
+    latent_end = End(np.zeros(walker.latent_shape(), np.float32), {"kind": "latent"})
+    assert walker.refined(latent_end, 15) is latent_end  # no image to fit
+    with pytest.raises(InputError, match="refine-ends"):
+        WalkSpec(ends=[first, last], refine_ends=-1)
+
+
 def test_file_end_is_recorded_with_its_hash_and_replays(walker, tmp_path):
     path = tmp_path / "new.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)

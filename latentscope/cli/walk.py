@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_options, fraction, image_size, positive_float, positive_int
+from .common import add_device_options, fraction, image_size, non_negative_int, positive_float, positive_int
 
 EPILOG = """\
 ends: an image id (12 or id:12), an image of the scope by its path as 'info' and
@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     how.add_argument("--ddim-steps", type=positive_int, default=25, help="noise-slerp: DDIM steps (default 25)")
     how.add_argument("--neighbours", type=positive_int, default=10, help="data-path: neighbours per image in the graph (default 10)")
     how.add_argument("--seed", type=int, default=0, help="seed of the polish noise")
+    how.add_argument("--refine-ends", type=non_negative_int, default=0, metavar="STEPS",
+                     help="fit each image end's latent to its image for STEPS steps (e.g. 50), so the walk starts and "
+                     "stops on frames closer to the real images")
     how.add_argument("--model", help="autoencoder to decode with (default: the scope's model)")
     how.add_argument("--denoiser", help="model folder with unet/ for noise-slerp and --polish (default: --model or the scope's model)")
     how.add_argument("--batch-size", type=positive_int, default=64)
@@ -97,7 +100,7 @@ def spec_from_args(args: argparse.Namespace):
     return WalkSpec(
         ends=ends, method=args.method, steps=args.steps, loop=args.loop, even=args.even, polish=args.polish,
         polish_steps=args.polish_steps, seed=args.seed, noise_level=args.noise_level, ddim_steps=args.ddim_steps,
-        neighbours=args.neighbours, direction=direction, map_name=args.map_name,
+        neighbours=args.neighbours, direction=direction, map_name=args.map_name, refine_ends=args.refine_ends,
     )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ScopeError
+from ..images import pixels_to_tensor_range
 from .ends import DEFAULT_MAP, End, latents_from_map, load_map_projection, not_found, parse_end, parse_group, prepare_file
 from .graph import LatentGraph
 from .interpolants import lerp, polyline, slerp
@@ -88,6 +89,7 @@ class WalkSpec:
     edge_power: float = 2.0  # data-path: edge weight = distance ** power
     direction: dict | None = None
     map_name: str = DEFAULT_MAP
+    refine_ends: int = 0  # optimisation steps that fit each image end's latent to its image (Codec.refine)
 
     def __post_init__(self):
         self.ends = [parse_end(end, self.map_name) for end in self.ends]
@@ -108,6 +110,8 @@ class WalkSpec:
             raise InputError(f"--polish {self.polish}: the polish noise level must be in (0, 1]")
         if self.noise_level is not None and not 0.0 < float(self.noise_level) <= 1.0:
             raise InputError(f"--noise-level {self.noise_level}: must be in (0, 1]")
+        if int(self.refine_ends) < 0:
+            raise InputError(f"--refine-ends {self.refine_ends}: must be 0 or more")
         for name in ("polish_steps", "ddim_steps", "neighbours", "density"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -445,6 +449,18 @@ class Walker:
                 return self._real_end(row, spec)
         return End(self.codec.encode_pixels(pixels, refine=int(preprocess.get("refine", 0)))[0], spec)
 
+    def refined(self, end: End, steps: int) -> End:
+        """``end`` with its latent refined by ``steps`` steps against its image, so the walk starts and stops on
+        frames closer to the real images; ends that are not images (map points, latents) stay as they are."""
+        if not steps or (end.row is None and end.spec["kind"] != "file"):
+            return end
+        path = end.spec["path"] if end.row is None else self.scope.image_path(self._ids([end.row])[0])
+        preprocess = self.scope.meta.get("preprocess", {}) if self.scope is not None else {}
+        pixels, _ = prepare_file(path, preprocess, self.codec.image_size)
+        images = torch.from_numpy(pixels_to_tensor_range(pixels))
+        latent = self.codec.refine(images, torch.from_numpy(end.latent[None]), steps)[0].cpu().numpy()
+        return End(latent, end.spec, end.row)
+
     def knots(self, ends: list[End], spec: WalkSpec) -> list[End]:
         """The points the walk passes through: the ends, or those of a direction walk."""
         if spec.direction is None:
@@ -492,7 +508,7 @@ class Walker:
     def run(self, spec: WalkSpec) -> Walk:
         timings = {}
         started = time.perf_counter()
-        ends = [self.resolve(end) for end in spec.ends]
+        ends = [self.refined(self.resolve(end), spec.refine_ends) for end in spec.ends]
         spec = replace(spec, ends=[end.spec for end in ends])  # as resolved: files gain their sha256
         knots = self.knots(ends, spec)
         if spec.loop and len(knots) < 2:
