@@ -393,7 +393,7 @@ def test_refined_ends_start_and_stop_closer_to_the_real_images(walker, tmp_path)
         assert np.mean((refined.pixels[frame] - image) ** 2) < np.mean((plain.pixels[frame] - image) ** 2)
     assert refined.spec.refine_ends == 15 and WalkSpec.from_dict(refined.spec.to_dict()).refine_ends == 15
     latent_end = End(np.zeros(walker.latent_shape(), np.float32), {"kind": "latent"})
-    assert walker.refined(latent_end, 15) is latent_end  # no image to fit
+    assert walker.refined([latent_end], 15)[0] is latent_end  # no image to fit
     with pytest.raises(InputError, match="refine-ends"):
         WalkSpec(ends=[first, last], refine_ends=-1)
 

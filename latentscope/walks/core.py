@@ -449,17 +449,22 @@ class Walker:
                 return self._real_end(row, spec)
         return End(self.codec.encode_pixels(pixels, refine=int(preprocess.get("refine", 0)))[0], spec)
 
-    def refined(self, end: End, steps: int) -> End:
-        """``end`` with its latent refined by ``steps`` steps against its image, so the walk starts and stops on
-        frames closer to the real images; ends that are not images (map points, latents) stay as they are."""
-        if not steps or (end.row is None and end.spec["kind"] != "file"):
-            return end
-        path = end.spec["path"] if end.row is None else self.scope.image_path(self._ids([end.row])[0])
+    def refined(self, ends: list[End], steps: int) -> list[End]:
+        """``ends`` with the latents of image ends refined together by ``steps`` steps against their images, so the
+        walk starts and stops on frames closer to the real images; other ends (map points, latents) stay as they are."""
+        chosen = [i for i, end in enumerate(ends) if steps and (end.row is not None or end.spec["kind"] == "file")]
+        if not chosen:
+            return ends
         preprocess = self.scope.meta.get("preprocess", {}) if self.scope is not None else {}
-        pixels, _ = prepare_file(path, preprocess, self.codec.image_size)
-        images = torch.from_numpy(pixels_to_tensor_range(pixels))
-        latent = self.codec.refine(images, torch.from_numpy(end.latent[None]), steps)[0].cpu().numpy()
-        return End(latent, end.spec, end.row)
+        paths = [ends[i].spec["path"] if ends[i].row is None else self.scope.image_path(self._ids([ends[i].row])[0])
+                 for i in chosen]
+        pixels = np.concatenate([prepare_file(path, preprocess, self.codec.image_size)[0] for path in paths])
+        start = torch.from_numpy(np.stack([ends[i].latent for i in chosen]))
+        latents = self.codec.refine(torch.from_numpy(pixels_to_tensor_range(pixels)), start, steps).cpu().numpy()
+        out = list(ends)
+        for i, latent in zip(chosen, latents):
+            out[i] = End(latent, ends[i].spec, ends[i].row)
+        return out
 
     def knots(self, ends: list[End], spec: WalkSpec) -> list[End]:
         """The points the walk passes through: the ends, or those of a direction walk."""
@@ -508,7 +513,7 @@ class Walker:
     def run(self, spec: WalkSpec) -> Walk:
         timings = {}
         started = time.perf_counter()
-        ends = [self.refined(self.resolve(end), spec.refine_ends) for end in spec.ends]
+        ends = self.refined([self.resolve(end) for end in spec.ends], spec.refine_ends)
         spec = replace(spec, ends=[end.spec for end in ends])  # as resolved: files gain their sha256
         knots = self.knots(ends, spec)
         if spec.loop and len(knots) < 2:
