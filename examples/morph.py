@@ -21,6 +21,7 @@ from latentscope.codec import locate_component
 from latentscope.datasets import write_digits
 from latentscope.errors import ModelError
 from latentscope.walks import Walker, WalkSpec, replay
+from latentscope.walks.ends import prepare_file
 
 
 def has_denoiser(model: str) -> bool:
@@ -60,6 +61,14 @@ def main() -> None:
                   f"{summary['mean_nearest_real_relative']:>9.2f}")
             walk.save(work / f"{name}.gif", fps=12, size=128, metrics=summary)
             walk.save(work / f"{name}.png", size=64, metrics=summary)
+
+    # ends fitted to their images (walk --refine-ends): the first and last frames come closer to the real digits
+    fitted = walker.run(WalkSpec(ends=[three, eight], method="slerp", steps=steps, refine_ends=25))
+    plain = walker.run(WalkSpec(ends=[three, eight], method="slerp", steps=steps))
+    first = prepare_file(walker.scope.image_path(three), walker.scope.meta["preprocess"], None)[0][0].astype(float)
+    print(f"first frame's squared error: {np.mean((plain.pixels[0] - first) ** 2):.1f} plain, "
+          f"{np.mean((fitted.pixels[0] - first) ** 2):.1f} with --refine-ends 25")
+    fitted.save(work / "slerp+refined-ends.gif", fps=12, size=128)
 
     # latent arithmetic: push the 3 along the direction from the mean "1" to the mean "7"
     direction = walker.run(WalkSpec(ends=[three], method="lerp", steps=steps, direction={"from": "label:1", "to": "label:7", "strength": (-1, 1)}))

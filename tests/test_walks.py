@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -644,4 +645,6 @@ def test_morph_example_runs_quick(scope_dir, model_dir, tmp_path):
 
     out = run_example("morph.py", "--model", str(model_dir), "--out", str(tmp_path / "morph"))
     assert "noise-slerp" in out and "slerp+even" in out and "identical frames" in out
+    plain, fitted = map(float, re.search(r"squared error: ([\d.]+) plain, ([\d.]+) with --refine-ends 25", out).groups())
+    assert fitted < plain
     assert (tmp_path / "morph" / "data-path.gif.json").exists() and (tmp_path / "morph" / "direction.png").exists()
