@@ -372,5 +372,5 @@ class Codec:
             latents = self.encode(batch)
             if refine:
                 latents = self.refine(batch, latents, refine)
-            parts.append(latents.detach().cpu().numpy())
+            parts.append(latents.cpu().numpy())
         return np.concatenate(parts)

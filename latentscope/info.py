@@ -22,6 +22,7 @@ def describe(scope: Scope | str | os.PathLike) -> dict:
     """The scope's contents as plain data (what ``latentscope info --json`` prints)."""
     scope = scope if isinstance(scope, Scope) else Scope(scope)
     meta = scope.meta
+    preprocess = meta.get("preprocess", {})
     manifest = scope.manifest()
     ok = scope.ok_manifest()
     failed = manifest[manifest["status"] != "ok"]
@@ -31,8 +32,7 @@ def describe(scope: Scope | str | os.PathLike) -> dict:
         "created": meta.get("created"),
         "images_root": meta.get("images_root"),
         "model": {k: meta.get("model", {}).get(k) for k in ("class", "reference", "image_size", "latent_shape")},
-        "latents": {"sample": bool(meta.get("preprocess", {}).get("sample", False)),
-                    "refine": int(meta.get("preprocess", {}).get("refine", 0))},
+        "latents": {"sample": bool(preprocess.get("sample", False)), "refine": int(preprocess.get("refine", 0))},
         "images": {"files": len(manifest), "encoded": len(ok), "failed": len(failed),
                    "failure_reasons": dict(Counter(failed["error"].astype(str)).most_common(5)),
                    "labels": int(labels.nunique())},

@@ -425,15 +425,18 @@ class Walker:
         """The end at the scope's latent ``row``."""
         return End(np.asarray(self.scope.latents()[row], np.float32), spec, row)
 
+    def _row_where(self, column: str, value) -> int | None:
+        """The latent row of the first encoded image whose manifest ``column`` equals ``value``, if any."""
+        ok = self.scope.ok_manifest()
+        same = ok.index[ok[column] == value]
+        return int(ok.loc[same[0], "row"]) if len(same) else None
+
     def _resolve_scope_path(self, spec: dict) -> End:
         """The scope's image at ``spec["path"]`` (relative to the encoded folder)."""
-        if self.scope is not None:
-            ok = self.scope.ok_manifest()
-            same = ok.index[ok["path"] == spec["path"]]
-            if len(same):
-                row = int(ok.loc[same[0], "row"])
-                return self._real_end(row, spec)
-        raise not_found(spec["path"])
+        row = self._row_where("path", spec["path"]) if self.scope is not None else None
+        if row is None:
+            raise not_found(spec["path"])
+        return self._real_end(row, spec)
 
     def _resolve_file(self, spec: dict) -> End:
         preprocess = self.scope.meta.get("preprocess", {}) if self.scope is not None else {}
@@ -442,18 +445,16 @@ class Walker:
             log.warning("%s changed since the walk was recorded (sha256 differs)", spec["path"])
         spec = {**spec, "sha256": digest}
         if self.scope is not None and not preprocess.get("sample"):
-            ok = self.scope.ok_manifest()
-            same = ok.index[ok["sha256"] == digest]
-            if len(same):
-                row = int(ok.loc[same[0], "row"])
+            row = self._row_where("sha256", digest)
+            if row is not None:
                 return self._real_end(row, spec)
         return End(self.codec.encode_pixels(pixels, refine=int(preprocess.get("refine", 0)))[0], spec)
 
     def refined(self, ends: list[End], steps: int) -> list[End]:
         """``ends`` with the latents of image ends refined together by ``steps`` steps against their images, so the
         walk starts and stops on frames closer to the real images; other ends (map points, latents) stay as they are."""
-        chosen = [i for i, end in enumerate(ends) if steps and (end.row is not None or end.spec["kind"] == "file")]
-        if not chosen:
+        chosen = [i for i, end in enumerate(ends) if end.row is not None or end.spec["kind"] == "file"]
+        if not steps or not chosen:
             return ends
         preprocess = self.scope.meta.get("preprocess", {}) if self.scope is not None else {}
         paths = [ends[i].spec["path"] if ends[i].row is None else self.scope.image_path(self._ids([ends[i].row])[0])
