@@ -145,3 +145,29 @@ def test_encode_pixels_refines_on_request(taesd_folder):
         return np.mean((codec.decode_to_pixels(latents).astype(float) - pixels) ** 2)
 
     assert error(refined) < error(plain)
+
+
+def test_deep_compression_autoencoder_encodes_a_folder(tmp_path):
+    """A DC-AE (SANA's autoencoder family: pixel-shuffle up/down sampling, a deterministic encoder that returns
+    ``latent`` rather than a distribution, no ``sample_size``) goes through the same encode path."""
+    from diffusers import AutoencoderDC
+
+    from latentscope import encode
+    from latentscope.scope import Scope
+
+    torch.manual_seed(0)
+    AutoencoderDC(latent_channels=4, encoder_block_out_channels=(8, 16, 32), decoder_block_out_channels=(8, 16, 32),
+                  encoder_layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+                  encoder_qkv_multiscales=((), (), ()), decoder_qkv_multiscales=((), (), ()),
+                  scaling_factor=0.5).save_pretrained(tmp_path / "dc")
+    codec = Codec.from_pretrained(tmp_path / "dc", device="cpu")
+    assert codec.class_name == "AutoencoderDC" and codec.image_size is None
+    assert codec.latent_shape((32, 48)) == (4, 8, 12)
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    raw = codec.vae.encode(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1).latent
+    np.testing.assert_allclose(codec.encode_pixels(pixels), 0.5 * raw.detach().numpy(), rtol=1e-4, atol=1e-5)
+    summary = encode(pixels, tmp_path / "dc", tmp_path / "dc.scope", size=32, progress=False)
+    assert summary.encoded == 3
+    stored = Scope(tmp_path / "dc.scope").latents()
+    assert stored.shape == (3, 4, 8, 8)
+    assert codec.decode_to_pixels(stored).shape == (3, 32, 32, 3)
