@@ -67,7 +67,7 @@ def test_demo_stages_write_images_encode_project_and_score(tmp_path, capsys):
     positions = pd.read_parquet(tmp_path / "digits.scope" / "maps" / "default.parquet")
     assert len(positions) == 1797 and np.isfinite(positions[["x", "y"]].to_numpy()).all()
     scores = pd.read_parquet(tmp_path / "digits.scope" / "scores" / "default.parquet")
-    assert len(scores) == 1797 and np.isfinite(scores["score"]).all() and "most anomalous 5:" in out
+    assert len(scores) == 1797 and np.isfinite(scores["score"]).all() and "most anomalous 5" in out
     # rerunning reuses the finished work, the map included
     lines = []
     run = run_demo(tmp_path, progress=False, report=lines.append)

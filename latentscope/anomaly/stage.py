@@ -147,7 +147,8 @@ class ScoreSummary:
     def _top_lines(self) -> list[str]:
         out = []
         if self.top is not None and len(self.top):
-            out.append(f"most anomalous {len(self.top)}:")
+            explained = " (score; each term's z-score against the reference, the one driving the score first)"
+            out.append(f"most anomalous {len(self.top)}" + (explained if "terms" in self.top.columns else "") + ":")
             width = max(len(str(p)) for p in self.top["path"])
             for row in self.top.itertuples(index=False):
                 terms = f"  ({row.terms})" if "terms" in self.top.columns else ""
