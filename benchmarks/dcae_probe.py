@@ -15,14 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_train import pca_psnr  # noqa: E402
+from benchmarks.bench_block_codes import as_uint8  # noqa: E402
+from benchmarks.bench_train import mean_psnr, pca_psnr  # noqa: E402
 from benchmarks.colour_sets import load_set, split_by_group  # noqa: E402
 from latentscope.training.autoencoder import random_flip, to_model_range  # noqa: E402
-from latentscope.training.metrics import psnr  # noqa: E402
 
 
 def build(width: int, latent_channels: int = 4):
@@ -36,13 +37,11 @@ def build(width: int, latent_channels: int = 4):
 
 
 @torch.no_grad()
-def held_out_psnr(vae, test_pixels: torch.Tensor) -> float:
+def held_out_psnr(vae, test: torch.Tensor, test_images: np.ndarray) -> float:
     vae.eval()
-    decoded = [vae.decode(vae.encode(to_model_range(test_pixels[i:i + 100])).latent).sample
-               for i in range(0, len(test_pixels), 100)]
+    decoded = [vae.decode(vae.encode(test[i:i + 100]).latent).sample for i in range(0, len(test), 100)]
     vae.train()
-    as_pixels = ((torch.cat(decoded).clamp(-1, 1) + 1) * 127.5).round()
-    return float(psnr(test_pixels.float(), as_pixels).mean())
+    return mean_psnr(test_images, as_uint8(torch.cat(decoded)))
 
 
 def main() -> None:
@@ -64,6 +63,7 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=args.steps, pct_start=0.05)
     generator = torch.Generator().manual_seed(0)
     train = pixels[torch.from_numpy(train_idx)]
+    test = to_model_range(pixels[torch.from_numpy(test_idx)])
     log, started = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = random_flip(to_model_range(train[torch.randint(len(train), (8,), generator=generator)]), generator)
@@ -73,7 +73,7 @@ def main() -> None:
         optimiser.step()
         schedule.step()
         if step % max(1, args.steps // args.evals) == 0:
-            log.append({"step": step, "psnr": round(held_out_psnr(vae, pixels[torch.from_numpy(test_idx)]), 2),
+            log.append({"step": step, "psnr": round(held_out_psnr(vae, test, images[test_idx]), 2),
                         "minutes": round((time.perf_counter() - started) / 60, 1)})
             print(json.dumps(log[-1]), flush=True)
     code_size = 4 * (args.size // 4) ** 2
