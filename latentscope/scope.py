@@ -103,12 +103,13 @@ def normalise_manifest(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def uncommitted_files(root: Path, *suffixes: str) -> list[Path]:
-    """Staged ``*.next`` files (and files with other ``suffixes``) at the top of a scope and in maps/ and scores/.
+    """Staged ``*.next`` files (and files with other ``suffixes``) at the top of a scope, in maps/ and scores/, and
+    beside the commit markers at the top of .partial/.
 
     Everything written there is written while holding the scope's lock, so a
     process that holds the lock and finds such a file knows its writer died.
     """
-    folders = (root, *(root / kind for kind in TABLE_KINDS))
+    folders = (root, root / ".partial", *(root / kind for kind in TABLE_KINDS))
     return sorted(p for folder in folders for suffix in (NEXT_SUFFIX, *suffixes) for p in folder.glob("*" + suffix))
 
 

@@ -121,6 +121,14 @@ def test_half_written_files_and_missing_thumbnails(scope_path):
     assert not list(scope_path.glob("*.tmp"))
 
 
+def test_opening_a_scope_removes_a_commit_marker_half_written_by_a_killed_run(scope_path):
+    (scope_path / ".partial").mkdir(exist_ok=True)
+    half = scope_path / ".partial" / ".commit.json.k1ll3d.tmp"  # a kill inside the marker's atomic write leaves this
+    half.write_text('{"latents": "lat')
+    Scope(scope_path)
+    assert not half.exists()
+
+
 def test_cli_doctor_exit_codes(scope_path, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "latentscope", "doctor", str(scope_path)], capture_output=True, text=True)
     assert ok.returncode == 0 and "healthy" in ok.stdout
