@@ -13,6 +13,7 @@ Two parts:
 
     python benchmarks/bench_reliability.py            # everything, writes the "reliability" section of RESULTS.md
     python benchmarks/bench_reliability.py --quick    # no crash tests, 5 s of load, prints only
+    python benchmarks/bench_reliability.py --crash-rounds 5   # and the kill -9 tests 5 more times, other seeds
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package of this checkout, whatever is installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # the live-server helper the tests use
+from reliability import LOG_ENV, SEED_OFFSET_ENV  # noqa: E402
 from results import command_line, machine_line, write_section  # noqa: E402
 
 TEST_FILES = {
@@ -51,12 +54,29 @@ def run_tests(log: Path, quick: bool) -> dict[str, dict]:
         marker = ["-m", "not slow"] if quick else []
         started = time.perf_counter()
         process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *marker, *present],
-                                 cwd=ROOT, env={**os.environ, "LATENTSCOPE_RELIABILITY_LOG": str(log)},
+                                 cwd=ROOT, env={**os.environ, LOG_ENV: str(log)},
                                  capture_output=True, text=True)
         summary = (process.stdout.strip().splitlines() or ["(no output)"])[-1]
         outcome[group] = {"files": present, "passed": process.returncode == 0, "summary": summary.strip("= "),
                           "seconds": time.perf_counter() - started}
         print(f"{group}: {summary}", flush=True)
+        if process.returncode != 0:
+            print(process.stdout[-4000:], file=sys.stderr)
+    return outcome
+
+
+def crash_soak(log: Path, rounds: int) -> list[dict]:
+    """Run the crash tests ``rounds`` more times, each with its kill moments drawn from other seeds
+    (``SEED_OFFSET_ENV``); the tests record each sequence in ``log``. Return pass/fail per round."""
+    files = [f for f in TEST_FILES["crashes"] if (ROOT / f).exists()]
+    outcome = []
+    for round_number in range(1, rounds + 1):
+        env = {**os.environ, LOG_ENV: str(log), SEED_OFFSET_ENV: str(100 * round_number)}
+        process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "kill_9", *files],
+                                 cwd=ROOT, env=env, capture_output=True, text=True)
+        summary = (process.stdout.strip().splitlines() or ["(no output)"])[-1].strip("= ")
+        outcome.append({"round": round_number, "passed": process.returncode == 0, "summary": summary})
+        print(f"crash soak round {round_number}: {summary}", flush=True)
         if process.returncode != 0:
             print(process.stdout[-4000:], file=sys.stderr)
     return outcome
@@ -116,7 +136,7 @@ def live_server(scope: Path, folder: Path, clients: int, seconds: float) -> dict
     }
 
 
-def render(tests: dict, events: list[dict], live: dict, quick: bool) -> str:
+def render(tests: dict, events: list[dict], live: dict, quick: bool, soak: list[dict] = ()) -> str:
     lines = ["## Reliability and security (issue 8)", "",
              f"Command: `{command_line()}`. Machine: {machine_line()}.", ""]
     load = os.getloadavg()[0]
@@ -144,7 +164,7 @@ def render(tests: dict, events: list[dict], live: dict, quick: bool) -> str:
         lines.append(f"| {what} | {detail} | {count:,} |")
     lines.append(f"| **all** | | **{sum(by_kind.values()):,}** |")
 
-    crashes = [e for e in events if e["kind"] == "crash"]
+    crashes = [e for e in events if e["kind"] == "crash" and not e.get("seed_offset")]
     lines += ["", "### Crashes injected and survived", ""]
     if crashes:
         lines += ["Each command is killed with SIGKILL at 10 seeded random moments after start-up and at 6 seeded "
@@ -158,6 +178,7 @@ def render(tests: dict, events: list[dict], live: dict, quick: bool) -> str:
                          f"{'yes' if tests.get('crashes', {}).get('passed') else 'see test result'} |")
     else:
         lines.append("Not run (`--quick`).")
+    lines += soak_lines([e for e in events if e["kind"] == "crash" and e.get("seed_offset")], soak)
     for event in events:
         if event["kind"] == "crash-boundaries":
             lines.append(f"\n`{event['command']}`: a crash before each of its {event['boundaries']} commit boundaries "
@@ -201,6 +222,25 @@ def render(tests: dict, events: list[dict], live: dict, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def soak_lines(sequences: list[dict], soak: list[dict]) -> list[str]:
+    """The crash soak: the same kill -9 tests again with kill moments drawn from other seeds."""
+    if not soak:
+        return []
+    failed = [r["round"] for r in soak if not r["passed"]]
+    lines = ["", f"Crash soak (`--crash-rounds {len(soak)}`): the kill -9 tests again, {len(soak)} times, each with "
+             "its kill moments drawn from other seeds (rounds that fail are listed below the table).", "",
+             "| command | sequences | kills that landed | final results identical |", "|---|---|---|---|"]
+    by_command: dict[str, list[dict]] = defaultdict(list)
+    for event in sequences:
+        by_command[event["command"]].append(event)
+    for command, runs in sorted(by_command.items()):
+        lines.append(f"| `{command}` | {len(runs)} | {sum(r['landed'] for r in runs)} | "
+                     f"{'yes' if not failed else 'see the failed rounds'} |")
+    if failed:
+        lines += ["", "Failed rounds: " + "; ".join(f"{r['round']}: {r['summary']}" for r in soak if not r["passed"])]
+    return lines
+
+
 def _ms(seconds: float) -> str:
     return "n/a" if seconds != seconds else f"{seconds * 1000:.0f} ms"
 
@@ -210,16 +250,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the slow tests (crashes), 5 s of load, print only")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=45.0, help="load duration (at most 60)")
+    parser.add_argument("--crash-rounds", type=int, default=0,
+                        help="run the kill -9 tests this many more times with kill moments from other seeds")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else min(args.seconds, 60.0)
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         folder = Path(tmp)
         log = folder / "events.jsonl"
         tests = run_tests(log, args.quick)
+        soak = crash_soak(log, args.crash_rounds) if not args.quick else []
         events = read_events(log)
         scope = build_scope(folder)
         live = live_server(scope, folder, args.clients, seconds)
-    markdown = render(tests, events, live, args.quick)
+    markdown = render(tests, events, live, args.quick, soak)
     print(markdown)
     if not args.quick:
         write_section("reliability", markdown)

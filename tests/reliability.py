@@ -35,6 +35,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 LOG_ENV = "LATENTSCOPE_RELIABILITY_LOG"
+SEED_OFFSET_ENV = "LATENTSCOPE_CRASH_SEED_OFFSET"
 READY_ENV = "LATENTSCOPE_CRASH_READY"
 COUNT_ENV = "LATENTSCOPE_CRASH_COUNT"
 AT_REPLACE_ENV = "LATENTSCOPE_CRASH_AT_REPLACE"
@@ -162,7 +163,8 @@ def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, d
     (``check()``), and ``start_over()`` restores the starting state so that
     later kills meet work again. The last run goes to the end and is checked too.
     """
-    rng = random.Random(seed)
+    offset = int(os.environ.get(SEED_OFFSET_ENV, "0"))  # the reliability benchmark's crash soak draws other moments
+    rng = random.Random(seed + offset)
     log = CrashLog(command)
     done = 0.0  # estimated fraction of the work behind us since the last start
     while log.landed < kills and len(log.planned) < max_runs:
@@ -187,7 +189,7 @@ def crash_sequence(command: str, code: str, args, workdir: Path, *, seed: int, d
     log.final = run_child(code, args, workdir)
     assert log.final.returncode == 0, f"{command}: the final rerun failed:\n{log.final.stderr[-3000:]}"
     check()
-    note("crash", command=command, planned=len(log.planned), landed=log.landed, seed=seed)
+    note("crash", command=command, planned=len(log.planned), landed=log.landed, seed=seed + offset, seed_offset=offset)
     return log
 
 
