@@ -147,11 +147,12 @@ class ScoreSummary:
     def _top_lines(self) -> list[str]:
         out = []
         if self.top is not None and len(self.top):
+            has_terms = "terms" in self.top.columns
             explained = " (score; each term's z-score against the reference, the one driving the score first)"
-            out.append(f"most anomalous {len(self.top)}" + (explained if "terms" in self.top.columns else "") + ":")
+            out.append(f"most anomalous {len(self.top)}" + (explained if has_terms else "") + ":")
             width = max(len(str(p)) for p in self.top["path"])
             for row in self.top.itertuples(index=False):
-                terms = f"  ({row.terms})" if "terms" in self.top.columns else ""
+                terms = f"  ({row.terms})" if has_terms else ""
                 out.append(f"  {row.score:10.3f}  id {row.id:<7d} {str(row.path):<{width}}{terms}".rstrip())
         return out
 
