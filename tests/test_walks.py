@@ -349,7 +349,9 @@ def test_scope_path_end_names_the_image_as_info_and_score_list_it(walker, tmp_pa
     end = walker.resolve(spec.ends[1])
     assert end.row == int(row["row"])
     np.testing.assert_array_equal(end.latent, walker.scope.latents_for_ids([row["id"]])[0])
-    np.testing.assert_array_equal(walker.run(spec).knot_latents[1], end.latent)
+    result = walker.run(spec)
+    np.testing.assert_array_equal(result.knot_latents[1], end.latent)
+    assert "/" in row["path"] and result.info["knots"][1] == row["path"]  # folder and name, as the scope lists it
     with pytest.raises(InputError, match="image path of the scope"):
         walker.resolve({"kind": "path", "path": "no/such/image.png"})
 

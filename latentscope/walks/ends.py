@@ -49,8 +49,10 @@ class End:
         kind = self.spec["kind"]
         if kind == "id":
             return f"image {self.spec['id']}"
-        if kind in ("file", "path"):
+        if kind == "file":
             return Path(self.spec["path"]).name
+        if kind == "path":  # the scope's own path, which tells apart images of the same name in other folders
+            return self.spec["path"]
         if kind == "map":
             x, y = self.spec["xy"]
             return f"map {self.spec['map']} ({x:.3g}, {y:.3g})"
