@@ -36,6 +36,7 @@ p.add_argument("--recon", default="mse", choices=("mse", "logmse"),
 p.add_argument("--eps", type=float, default=4e-5, help="logmse: MSE (model range) below which an image gains nothing (4e-5: 50 dB)")
 p.add_argument("--padmode", default="zeros", choices=("zeros", "reflect", "replicate"),
                help="padding of the autoencoder's 3x3 convolutions (diffusers builds them with zero padding)")
+p.add_argument("--padpart", default="all", choices=("all", "encoder", "decoder"), help="the half whose convolutions --padmode pads")
 p.add_argument("--store", default="ae_recipe_probes.jsonl", help="JSON-lines file under benchmarks/out")
 p.add_argument("--section", default="train-recipe", help="RESULTS.md section that --report writes")
 p.add_argument("--report", action="store_true", help="write the stored probes to RESULTS.md and stop")
@@ -90,7 +91,7 @@ vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=widths, do
 ae.start_with_small_variance(vae, a.C)
 if a.zeroinit: ae.start_with_identity_blocks(vae)
 if a.padmode != "zeros":
-    for conv in vae.modules():
+    for conv in (vae if a.padpart == "all" else getattr(vae, a.padpart)).modules():
         if isinstance(conv, torch.nn.Conv2d) and conv.padding != (0, 0): conv.padding_mode = a.padmode
 if a.cl: vae = vae.to(memory_format=torch.channels_last)
 latent = (a.C, a.size // 2**(n-1), a.size // 2**(n-1)); code = int(np.prod(latent))
