@@ -73,6 +73,13 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
     return StorageError(f"{path}: could not write ({reason}); the previous version was left untouched")
 
 
+def remove_unfinished_writes(folder: str | os.PathLike) -> None:
+    """Remove the temporary files of :func:`atomic_path` writes into ``folder`` whose process was killed.
+    Only for a caller that no other writer can race there (it holds the folder's lock or owns it)."""
+    for leftover in Path(folder).glob(".*" + TMP_SUFFIX):
+        leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path``, on failure it is removed."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .codec import Codec
 from .errors import InputError, LatentscopeError, ScopeError
-from .fileio import TMP_SUFFIX, atomic_path, load_npy, read_json, write_json, write_npy, write_parquet
+from .fileio import atomic_path, load_npy, read_json, remove_unfinished_writes, write_json, write_npy, write_parquet
 from .images import (
     DEFAULT_MAX_PIXELS,
     RESIZE_POLICIES,
@@ -350,8 +350,7 @@ def encode(
         raise InputError(f"{images}: no image files found")
     params = _run_params(codec, size, resize, background, sample, seed, max_pixels, refine)
     scope = _open_or_create_scope(out, codec, params, root)
-    for leftover in (scope.path / "thumbs").glob(".*" + TMP_SUFFIX):  # previews a killed run was writing
-        leftover.unlink(missing_ok=True)
+    remove_unfinished_writes(scope.path / "thumbs")  # previews a killed run was writing
     summary = EncodeSummary(scope.path, found=len(found))
 
     manifest = scope.manifest()

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, ScopeError
-from ..fileio import TMP_SUFFIX, load_npy, write_npy
+from ..fileio import load_npy, remove_unfinished_writes, write_npy
 from ..scope import Scope, check_name
 from .index import INDEX_FILE, NeighbourIndex
 from .model import LatentProjection, Steps
@@ -155,8 +155,7 @@ def _index_for(scope: Scope, model: LatentProjection, ids, latents, fingerprint:
     k = min(int(model.n_neighbors), len(latents) - 1)
     with _index_lock(scope) as root:
         folder = root / key
-        for leftover in folder.glob("*" + TMP_SUFFIX):  # from a build that was killed (we hold the lock)
-            leftover.unlink(missing_ok=True)
+        remove_unfinished_writes(folder)  # from a build that was killed (we hold the lock)
         index = None if rebuild else _load_index(folder, ids)
         if index is not None and model._index_fits(index, len(latents), k):
             return index, key, True

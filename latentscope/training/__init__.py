@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import TMP_SUFFIX, atomic_path, read_json, save_pretrained, write_json
+from ..fileio import atomic_path, read_json, remove_unfinished_writes, save_pretrained, write_json
 from ..runtime import resolve_device, seed_everything
 from . import autoencoder as ae_phase
 from . import diffusion as dn_phase
@@ -192,8 +192,7 @@ def _trained_before(out: Path, identity: dict, overwrite: bool) -> dict | None:
     removed its checkpoints, is finished by the caller.
     """
     shutil.rmtree(out / REMOVED_CHECKPOINTS, ignore_errors=True)
-    for stale in out.glob(f".*{TMP_SUFFIX}"):  # the model card or record of a run killed before it committed them
-        stale.unlink(missing_ok=True)
+    remove_unfinished_writes(out)  # the model card or record of a run killed before it committed them
     record_path = out / RECORD_FILE
     if not record_path.exists():
         return None
