@@ -53,16 +53,20 @@ def run_tests(log: Path, quick: bool) -> dict[str, dict]:
             continue
         marker = ["-m", "not slow"] if quick else []
         started = time.perf_counter()
-        process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *marker, *present],
-                                 cwd=ROOT, env={**os.environ, LOG_ENV: str(log)},
-                                 capture_output=True, text=True)
-        summary = (process.stdout.strip().splitlines() or ["(no output)"])[-1]
-        outcome[group] = {"files": present, "passed": process.returncode == 0, "summary": summary.strip("= "),
-                          "seconds": time.perf_counter() - started}
-        print(f"{group}: {summary}", flush=True)
-        if process.returncode != 0:
-            print(process.stdout[-4000:], file=sys.stderr)
+        passed, summary = run_pytest([*marker, *present], {LOG_ENV: str(log)}, group)
+        outcome[group] = {"files": present, "passed": passed, "summary": summary, "seconds": time.perf_counter() - started}
     return outcome
+
+
+def run_pytest(args: list[str], env: dict[str, str], name: str) -> tuple[bool, str]:
+    """Run pytest on ``args`` with ``env`` added; print and return (passed, its summary line)."""
+    process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                             cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+    summary = (process.stdout.strip().splitlines() or ["(no output)"])[-1].strip("= ")
+    print(f"{name}: {summary}", flush=True)
+    if process.returncode != 0:
+        print(process.stdout[-4000:], file=sys.stderr)
+    return process.returncode == 0, summary
 
 
 def crash_soak(log: Path, rounds: int) -> list[dict]:
@@ -71,14 +75,9 @@ def crash_soak(log: Path, rounds: int) -> list[dict]:
     files = [f for f in TEST_FILES["crashes"] if (ROOT / f).exists()]
     outcome = []
     for round_number in range(1, rounds + 1):
-        env = {**os.environ, LOG_ENV: str(log), SEED_OFFSET_ENV: str(100 * round_number)}
-        process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "kill_9", *files],
-                                 cwd=ROOT, env=env, capture_output=True, text=True)
-        summary = (process.stdout.strip().splitlines() or ["(no output)"])[-1].strip("= ")
-        outcome.append({"round": round_number, "passed": process.returncode == 0, "summary": summary})
-        print(f"crash soak round {round_number}: {summary}", flush=True)
-        if process.returncode != 0:
-            print(process.stdout[-4000:], file=sys.stderr)
+        env = {LOG_ENV: str(log), SEED_OFFSET_ENV: str(100 * round_number)}
+        passed, summary = run_pytest(["-k", "kill_9", *files], env, f"crash soak round {round_number}")
+        outcome.append({"round": round_number, "passed": passed, "summary": summary})
     return outcome
 
 
