@@ -228,8 +228,8 @@ def render(results: dict, command: str) -> str:
             "### Shipped demo model (`builtin:digits`)",
             "",
             f"Trained with `{d['command']}`"
-            + (f", before the current training recipe ({RECIPE_VERSION}), which starts the autoencoder warm (see the colour "
-               "sets below); the shipped weights are those of that earlier run." if d.get("recipe") != RECIPE_VERSION else "."),
+            + (f", with training recipe {d.get('recipe') or 1}, before the current recipe ({RECIPE_VERSION}; the colour sets "
+               "below use it); the shipped weights are those of that earlier run." if d.get("recipe") != RECIPE_VERSION else "."),
             "",
             "| metric | value |",
             "|---|---|",

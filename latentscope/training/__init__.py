@@ -47,7 +47,7 @@ __all__ = ["train", "TrainResult", "make_plan", "load_images", "anchored_step"]
 RECORD_FILE = "training.json"
 CHECKPOINT_DIR = "checkpoints"
 REMOVED_CHECKPOINTS = ".checkpoints.removed"
-RECIPE_VERSION = 5  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
+RECIPE_VERSION = 6  # bumped when the training recipe changes: checkpoints of other recipes are not resumed
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The recipe (probes on held-out colour icons at 32 px, ``benchmarks/ae_recipe_probe.py``, figures in
 ``benchmarks/RESULTS.md``): an encoder and decoder of widths (16, 32, 64) with one ResNet block per
 level and no attention (also at 64 px: within the same 10 minutes width 16 beat 24 there, 23.6 vs 23.1 dB),
-downscale 4 to a 4-channel latent (4 x 8 x 8 for 32 px images), channels-last
+downscale 4 to a 4-channel latent (4 x 8 x 8 for 32 px images), one normalisation group (GroupNorm over
+all channels: +0.67 dB on photo patches and +0.28 dB on icons at 32 px against 8 groups), channels-last
 convolutions, MSE reconstruction loss with a tiny KL weight, AdamW with warm-up and cosine decay to a
 peak learning rate of 2e-3 (before the warm start below it did 1.6 dB worse than 1e-3; with it, over
 60,000 images, +0.25 / +0.36 / +0.32 dB on icons 32 / icons 64 / photos 32 px and -0.20 dB on photos 64),
