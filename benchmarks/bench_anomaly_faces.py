@@ -25,7 +25,6 @@ from benchmarks.results import command_line, machine_line, write_section  # noqa
 
 FACES = 100  # lfw_subset: the first 100 images are faces, the other 100 are not
 TRAIN_FACES = 80
-SEMANTIC = "semantic: other"  # eval-anomaly's case for the test folder's "other" label
 
 
 def write_folders(root: Path, seed: int) -> tuple[Path, Path]:
@@ -60,14 +59,15 @@ def run_seed(seed: int, quick: bool) -> dict:
                     "--normal-label", "face", "--defects", "--seed", str(seed), "--json", str(report))
         rows = json.loads(report.read_text())["rows"]
     auroc = {(row["case"], row["method"]): row["auroc"] for row in rows}
-    return {"seed": seed, "train_seconds": trained, "auroc": auroc}
+    protocols = {row["case"]: row["protocol"] for row in rows}  # labelled, defects, defects by kind
+    return {"seed": seed, "train_seconds": trained, "auroc": auroc, "protocols": protocols}
 
 
 def render(results: list[dict], quick: bool) -> str:
     methods = list(dict.fromkeys(method for _, method in results[0]["auroc"]))
-    cases = list(dict.fromkeys(case for case, _ in results[0]["auroc"]))
-    protocols = [(SEMANTIC, "semantic (non-faces)"), (next(c for c in cases if c.startswith("defects: ") and "," in c), "defects")]
-    kinds = [c for c in cases if c.endswith(" only")]
+    case_of = {protocol: case for case, protocol in results[0]["protocols"].items()}
+    protocols = [(case_of["labelled"], "semantic (non-faces)"), (case_of["defects"], "defects")]
+    kinds = [case for case, protocol in results[0]["protocols"].items() if protocol == "defects by kind"]
     lines = ["### Anomaly scores on unseen small grey faces (issue 6)", "",
              f"Command: `{command_line()}`, {machine_line()}" + (" (quick mode: 2 epochs)." if quick else "."), "",
              "scikit-image's `lfw_subset`: 100 faces and 100 non-face patches, 25 x 25 grey, fitted to 32 x 32. "
