@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 KL_WEIGHT = 1e-6
 EVAL_BATCH = 128
 INITIAL_LOGVAR = -8.0
-# one group: each normalisation spans all of a layer's channels. With the warm start, over the plan's 60,000
-# images at 32 px, this gained 0.67 dB on held-out photo patches and 0.28 dB on icons over 8 groups (RESULTS.md)
+# one group: each normalisation spans all of a layer's channels. With the warm start, over 60,000 images at 32 px
+# (the plan's length then), this gained 0.67 dB on held-out photo patches and 0.28 dB on icons over 8 groups
+# (RESULTS.md)
 NORM_GROUPS = 1
 FINE_AFTER_COARSE_LR = 0.5  # peak learning rate at full size after the half-size stage, relative to the plan's
 ANCHOR_SHARE = 0.25  # of the first stage's steps, with each half trained against the best linear code (see make_step)

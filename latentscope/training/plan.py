@@ -21,7 +21,7 @@ Warm start (``autoencoder.make_step``): every ResNet block starts as the identit
 of the first stage's steps the encoder and the decoder each train against the fixed best linear code of the
 latent layout (PCA of the pixel blocks) before they train jointly; in the same time (32,000 images) this raised
 held-out photo patches from 28.9 to 31.7 dB at 32 px (PCA of the same code size: 31.9 dB). The plan's
-60,000 images reach 32.4 dB there; four times as many images gained about another dB (``RESULTS.md``).
+length then, 60,000 images, reached 32.4 dB there; four times as many images gained about another dB (``RESULTS.md``).
 
 Coarse to fine: the autoencoder is convolutional, so from 64 px up it first trains on the images halved in
 size (2 x 2 averages), where an image costs a third as much, then on the images themselves; 70 % of its
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
-AE_IMAGES_SEEN = 60_000  # autoencoder training length in 32 px images (about 8 minutes on 2 idle CPU cores)
+AE_IMAGES_SEEN = 72_000  # autoencoder training length in 32 px images (about 8 minutes on 2 idle CPU cores)
 DENOISER_LATENTS_SEEN = 120_000  # denoiser training length in 4 x 8 x 8 latents (about 5 minutes on 2 CPU cores)
 MIN_EPOCHS, MAX_EPOCHS = 3, 500
 PEAK_LEARNING_RATE = 2e-3  # of the autoencoder; the denoiser trains at a quarter of it
@@ -47,15 +47,17 @@ COARSE_SHARE = 0.7  # of the autoencoder's time spent on half-size images, when 
 COARSE_MIN_SIDE = 32  # ...and only when the halved images are this large (16 px icons lost too much: see the module doc)
 MIN_FINE_EPOCHS = 1  # full-size epochs after the half-size stage: the model already reconstructs, so one may do
 # Measured training step time per image (ms; forward + backward + fused AdamW, channels-last, width 16, batch 8,
-# 2 CPU threads; `bench_train.py --only costs`) by pixel count: the cost grows faster than the pixel count from 32
-# to 64 px, so a fitted "overhead + pixels" line underestimated 64 px epochs by a fifth. Between anchors the plan
-# interpolates, beyond them it extends the end slopes. (Before the fused optimizer and channels-last convolutions
-# the steps took twice as long, and 32,000 images filled the time that now trains 60,000.)
-STEP_MS_BY_PIXELS = ((16**2, 3.9), (32**2, 7.4), (64**2, 22.9))
+# 2 idle CPU threads; `bench_train.py --only costs`, 2026-11-25) by pixel count: the cost grows faster than the
+# pixel count from 32 to 64 px, so a fitted "overhead + pixels" line underestimated 64 px epochs by a fifth. Between
+# anchors the plan interpolates, beyond them it extends the end slopes. (Before the fused optimizer and channels-last
+# convolutions the steps took twice as long, and 32,000 images filled the time that now trains 72,000. The table
+# before this one, measured on a busier machine, had 7.4 ms at 32 px and 22.9 at 64: it gave 60,000 images the
+# same 8 minutes, which ran in 6 on an idle machine, and it gave 64 px images 17 % too little of the budget.)
+STEP_MS_BY_PIXELS = ((16**2, 3.32), (32**2, 6.13), (64**2, 16.14))
 # The same for the denoiser (ms per latent; base width 16, batch 32, 2 CPU threads) by latent positions. Counted in
 # latents alone, its budget took 22 minutes at 64 and 128 px (16 x 16 latents, base width 24) and 79 at 256 px;
 # measured there: 11.1 and 39.3 ms per latent at width 24, which the width factor below gives within 3 %.
-DENOISER_STEP_MS_BY_POSITIONS = ((8**2, 2.44), (16**2, 6.15), (32**2, 19.8))
+DENOISER_STEP_MS_BY_POSITIONS = ((8**2, 2.13), (16**2, 5.29), (32**2, 16.56))
 DENOISER_WIDTH_EXPONENT = 1.45  # cost against base width: 16 -> 24 measured 1.80x at 16 x 16 latents
 
 
