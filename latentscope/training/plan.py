@@ -56,7 +56,8 @@ MIN_FINE_EPOCHS = 1  # full-size epochs after the half-size stage: the model alr
 STEP_MS_BY_PIXELS = ((16**2, 3.32), (32**2, 6.13), (64**2, 16.14))
 # The same for the denoiser (ms per latent; base width 16, batch 32, 2 CPU threads) by latent positions. Counted in
 # latents alone, its budget took 22 minutes at 64 and 128 px (16 x 16 latents, base width 24) and 79 at 256 px;
-# measured there: 11.1 and 39.3 ms per latent at width 24, which the width factor below gives within 3 %.
+# measured there, on the busier day of the earlier table (6.15 and 19.8 ms at width 16): 11.1 and 39.3 ms per
+# latent at width 24, from which the width factor below comes.
 DENOISER_STEP_MS_BY_POSITIONS = ((8**2, 2.13), (16**2, 5.29), (32**2, 16.56))
 DENOISER_WIDTH_EXPONENT = 1.45  # cost against base width: 16 -> 24 measured 1.80x at 16 x 16 latents
 
